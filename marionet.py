@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "models.cli",          # info, tiny-model
     "models.convert_cli",  # convert ...
     "data.cli",            # synth, pose ..., data ...
+    "data.pose_cli",       # pose extract, pose align
     "train.cli",           # train helpers (the training entry points are train/stage1.py and stage2.py)
     "inference.cli",       # animate
     "inference.zero_shot_cli",  # zero-shot

@@ -1,0 +1,204 @@
+"""Video and image IO shared by the whole project: decord for reading, imageio-ffmpeg (H.264) for writing.
+
+Readers accept a path, raw bytes or a binary file object (shards hand us mp4 bytes) and raise errors that name the file.
+Writers are atomic (temp file in the same folder, then os.replace) and refuse to replace an existing file unless told to.
+"""
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+
+
+class VideoError(ValueError):
+    """A video that cannot be used: missing, not a video, or without frames."""
+
+
+def _describe(source, name: str | None = None) -> str:
+    if name:
+        return str(name)
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    return f"<{type(source).__name__} video data>"
+
+
+def open_video(source, name: str | None = None):
+    """A decord VideoReader for a path, bytes or file object, with errors that name the file."""
+    import decord
+
+    label = _describe(source, name)
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.exists():
+            raise VideoError(f"{label}: video file not found")
+        if not path.is_file():
+            raise VideoError(f"{label}: not a file")
+        if path.stat().st_size == 0:
+            raise VideoError(f"{label}: empty file, not a video")
+        target = str(path)
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise VideoError(f"{label}: empty data, not a video")
+        target = io.BytesIO(bytes(source))
+    else:
+        target = source
+    try:
+        reader = decord.VideoReader(target, ctx=decord.cpu(0), num_threads=1)
+    except Exception as error:  # decord raises DECORDError/RuntimeError with C++ noise in the message
+        raise VideoError(f"{label}: cannot be read as a video ({str(error).splitlines()[0][:160]})") from None
+    if len(reader) == 0:
+        raise VideoError(f"{label}: video has zero frames")
+    return reader
+
+
+def read_video(source, indices=None, name: str | None = None) -> np.ndarray:
+    """Decode frames as uint8 (F, H, W, 3); `indices` picks frames (random access), None reads them all."""
+    reader = open_video(source, name)
+    count = len(reader)
+    indices = list(range(count)) if indices is None else [int(i) for i in indices]
+    bad = [i for i in indices if not -count <= i < count]
+    if bad:
+        raise VideoError(f"{_describe(source, name)}: frame index {bad[0]} out of range for {count} frames")
+    if not indices:
+        height, width = reader[0].shape[:2]
+        return np.zeros((0, height, width, 3), np.uint8)
+    try:
+        frames = reader.get_batch([i % count for i in indices]).asnumpy()
+    except Exception as error:
+        raise VideoError(f"{_describe(source, name)}: decoding failed ({str(error).splitlines()[0][:160]})") from None
+    return np.ascontiguousarray(frames, dtype=np.uint8)
+
+
+def video_info(source, name: str | None = None) -> tuple[int, float, int, int]:
+    """(num_frames, fps, width, height) of a video."""
+    reader = open_video(source, name)
+    height, width = reader[0].shape[:2]
+    return len(reader), float(reader.get_avg_fps()), int(width), int(height)
+
+
+def _atomic_target(path: Path, overwrite: bool) -> Path:
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path}: already exists (pass overwrite=True to replace it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _as_frame(frame, label: str) -> np.ndarray:
+    frame = np.asarray(frame)
+    if frame.ndim == 2:
+        frame = np.repeat(frame[:, :, None], 3, axis=2)
+    if frame.ndim != 3 or frame.shape[2] != 3:
+        raise ValueError(f"{label}: frames must be (H, W, 3) RGB arrays, got shape {frame.shape}")
+    if frame.dtype != np.uint8:
+        raise ValueError(f"{label}: frames must be uint8, got {frame.dtype}")
+    return frame
+
+
+def write_video(path, frames: Iterable[np.ndarray], fps: float, crf: int = 18, overwrite: bool = False) -> Path:
+    """Write uint8 (H, W, 3) frames (an array or any iterable, streamed) as an H.264 yuv420p mp4, atomically.
+
+    yuv420p needs even sizes: an odd width or height is padded by repeating the last column/row, so the file is
+    one pixel larger on that side. Returns the path.
+    """
+    import imageio_ffmpeg
+
+    path = _atomic_target(Path(path), overwrite)
+    handle, temp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.mp4", dir=path.parent)
+    os.close(handle)
+    writer = None
+    count = 0
+    try:
+        for frame in frames:
+            frame = _as_frame(frame, str(path))
+            height, width = frame.shape[:2]
+            pad_h, pad_w = height % 2, width % 2
+            if pad_h or pad_w:
+                frame = np.pad(frame, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+            if writer is None:
+                size = (frame.shape[1], frame.shape[0])
+                writer = imageio_ffmpeg.write_frames(
+                    temp, size, fps=float(fps), codec="libx264", pix_fmt_in="rgb24", pix_fmt_out="yuv420p",
+                    macro_block_size=1, output_params=["-crf", str(int(crf))], ffmpeg_log_level="error")
+                writer.send(None)
+            elif (frame.shape[1], frame.shape[0]) != size:
+                raise ValueError(f"{path}: frame {count} has size {frame.shape[1]}x{frame.shape[0]}, "
+                                 f"expected {size[0]}x{size[1]}")
+            writer.send(np.ascontiguousarray(frame).tobytes())
+            count += 1
+        if writer is None:
+            raise ValueError(f"{path}: no frames to write")
+        writer.close()
+        writer = None
+        os.replace(temp, path)
+    finally:
+        if writer is not None:
+            try:
+                writer.close()
+            except Exception:
+                pass
+        if os.path.exists(temp):
+            os.unlink(temp)
+    return path
+
+
+def write_gif(path, frames: Iterable[np.ndarray], fps: float, overwrite: bool = False) -> Path:
+    """Write uint8 (H, W, 3) frames as a looping GIF, atomically."""
+    from PIL import Image
+
+    path = _atomic_target(Path(path), overwrite)
+    images = [Image.fromarray(_as_frame(frame, str(path))) for frame in frames]
+    if not images:
+        raise ValueError(f"{path}: no frames to write")
+    handle, temp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.gif", dir=path.parent)
+    os.close(handle)
+    try:
+        images[0].save(temp, format="GIF", save_all=True, append_images=images[1:],
+                       duration=max(1, round(1000 / float(fps))), loop=0)
+        os.replace(temp, path)
+    finally:
+        if os.path.exists(temp):
+            os.unlink(temp)
+    return path
+
+
+def load_image_rgb(path) -> np.ndarray:
+    """Load any common image as uint8 (H, W, 3) RGB.
+
+    Grayscale is replicated to three channels; 16-bit and float images are rescaled to 8 bits by their type's range
+    (16-bit: /257; float: assumed in [0, 1]); palette images are expanded; alpha (RGBA, LA, transparent palette) is
+    composited on white, so transparent backgrounds become white rather than black. EXIF rotation is applied.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: image file not found")
+    if not path.is_file():
+        raise ValueError(f"{path}: not a file")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            image = ImageOps.exif_transpose(image)
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise ValueError(f"{path}: cannot be read as an image ({error})") from None
+
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        array = np.asarray(image)
+        if image.mode == "F":
+            array = np.clip(array, 0.0, 1.0) * 255.0
+        elif image.mode.startswith("I;16") or array.max(initial=0) > 255:
+            array = array.astype(np.float64) / 257.0
+        array = np.clip(np.round(array), 0, 255).astype(np.uint8)
+        return np.repeat(array[:, :, None], 3, axis=2)
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()

@@ -1,0 +1,61 @@
+"""AnimateDiff temporal layers for the denoising UNet: conversion, per-frame GroupNorm, freezing, splitting.
+
+The original AnimateDiff code (and every Animate Anyone reproduction built on it) normalises each frame separately
+in the motion modules' input GroupNorm, while diffusers' `AnimateDiffTransformer3D` normalises over all frames at
+once. Weights such as `mm_sd_v15_v2.ckpt` were trained with per-frame statistics, so we swap in a per-frame
+GroupNorm (same parameters, same state-dict keys) to give those weights the numbers they were trained to give.
+"""
+from __future__ import annotations
+
+import torch
+from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
+from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
+from torch import nn
+from torch.nn import functional as F
+
+
+class PerFrameGroupNorm(nn.GroupNorm):
+    """GroupNorm whose statistics are computed per frame for (B, C, F, H, W) inputs."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 5:
+            return super().forward(x)
+        b, c, f, h, w = x.shape
+        frames = x.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
+        frames = F.group_norm(frames, self.num_groups, self.weight, self.bias, self.eps)
+        return frames.reshape(b, f, c, h, w).permute(0, 2, 1, 3, 4)
+
+
+def use_per_frame_norm(unet: nn.Module) -> int:
+    """Make every motion module's input GroupNorm per-frame; returns how many were changed."""
+    changed = 0
+    for module in unet.modules():
+        if isinstance(module, AnimateDiffTransformer3D) and type(module.norm) is nn.GroupNorm:
+            module.norm.__class__ = PerFrameGroupNorm  # same parameters and keys, different statistics
+            changed += 1
+    return changed
+
+
+def to_motion_unet(unet: UNet2DConditionModel, adapter: MotionAdapter) -> UNetMotionModel:
+    """A `UNetMotionModel` with `unet`'s spatial weights and `adapter`'s motion modules (per-frame GroupNorm)."""
+    motion_unet = UNetMotionModel.from_unet2d(unet, adapter)
+    if motion_unet.dtype != unet.dtype or motion_unet.device != unet.device:
+        motion_unet.to(dtype=unet.dtype, device=unet.device)
+    use_per_frame_norm(motion_unet)
+    return motion_unet
+
+
+def is_motion_parameter(name: str) -> bool:
+    return "motion_modules" in name
+
+
+def split_motion_unet(motion_unet: UNetMotionModel, unet_config: dict, adapter_config: dict):
+    """Split a motion UNet into a `UNet2DConditionModel` (spatial weights) and a `MotionAdapter` (temporal)."""
+    state = motion_unet.state_dict()
+    unet = UNet2DConditionModel.from_config(unet_config)
+    unet.load_state_dict({k: v for k, v in state.items() if not is_motion_parameter(k)}, strict=True)
+    adapter = MotionAdapter.from_config(adapter_config)
+    adapter.load_state_dict({k: v for k, v in state.items() if is_motion_parameter(k)}, strict=True)
+    if motion_unet.dtype != unet.dtype:
+        unet, adapter = unet.to(motion_unet.dtype), adapter.to(motion_unet.dtype)
+    return unet, adapter
