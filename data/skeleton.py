@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from data.atomic import write_json
 
 BODY_NAMES = (
     "nose", "neck", "r_shoulder", "r_elbow", "r_wrist", "l_shoulder", "l_elbow", "l_wrist",
@@ -168,16 +168,7 @@ def save_keypoints(path, frames, width: int, height: int, fps: float) -> Path:
             record["face"] = _points_to_list(frame["face"], None, f"frame {index} face")
         records.append(record)
     payload = {"width": int(width), "height": int(height), "fps": float(fps), "frames": records}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(payload, stream, separators=(",", ":"))
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
+    write_json(path, payload, indent=None)
     return path
 
 

@@ -7,15 +7,13 @@ the pair is what pose extraction would give on real footage, without extraction 
 """
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from data.atomic import write_json
 from data.skeleton import draw_pose, save_keypoints
 from data.video import write_video
 
@@ -443,18 +441,6 @@ def video_id(seed: int, index: int) -> str:
     return f"synth_s{int(seed)}_{int(index):05d}"
 
 
-def _write_json(path: Path, payload) -> None:
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(payload, stream, indent=1)
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
-
-
 def generate_dataset(out_dir, videos: int, frames: int, size: int, seed: int, fps: float = 12.0,
                      hands: bool = True, overwrite: bool = False, progress: bool = False) -> Path:
     """Write DIR/videos/<id>.mp4, DIR/poses/<id>.mp4, DIR/keypoints/<id>.json and DIR/meta.json; returns meta.json.
@@ -485,7 +471,7 @@ def generate_dataset(out_dir, videos: int, frames: int, size: int, seed: int, fp
         entries.append({"video_path": f"videos/{name}.mp4", "pose_path": f"poses/{name}.mp4",
                         "keypoints_path": f"keypoints/{name}.json", "num_frames": frames, "fps": float(fps),
                         "width": size, "height": size})
-    _write_json(meta_path, entries)
+    write_json(meta_path, entries)
     return meta_path
 
 

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+
+from data.atomic import atomic_path
 
 
 
@@ -81,13 +82,6 @@ def video_info(source, name: str | None = None) -> tuple[int, float, int, int]:
     return len(reader), float(reader.get_avg_fps()), int(width), int(height)
 
 
-def _atomic_target(path: Path, overwrite: bool) -> Path:
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path}: already exists (pass overwrite=True to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def _as_frame(frame, label: str) -> np.ndarray:
     frame = np.asarray(frame)
     if frame.ndim == 2:
@@ -103,46 +97,35 @@ def write_video(path, frames: Iterable[np.ndarray], fps: float, crf: int = 18, o
     """Write uint8 (H, W, 3) frames (an array or any iterable, streamed) as an H.264 yuv420p mp4, atomically.
 
     yuv420p needs even sizes: an odd width or height is padded by repeating the last column/row, so the file is
-    one pixel larger on that side. Returns the path.
+    one pixel larger on that side. Refuses to replace an existing file unless overwrite=True. Returns the path.
     """
     import imageio_ffmpeg
 
-    path = _atomic_target(Path(path), overwrite)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.mp4", dir=path.parent)
-    os.close(handle)
-    writer = None
-    count = 0
-    try:
-        for frame in frames:
-            frame = _as_frame(frame, str(path))
-            height, width = frame.shape[:2]
-            pad_h, pad_w = height % 2, width % 2
-            if pad_h or pad_w:
-                frame = np.pad(frame, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    path = Path(path)
+    with atomic_path(path, overwrite) as temp:
+        writer, size, count = None, None, 0
+        try:
+            for frame in frames:
+                frame = _as_frame(frame, str(path))
+                pad_h, pad_w = frame.shape[0] % 2, frame.shape[1] % 2
+                if pad_h or pad_w:
+                    frame = np.pad(frame, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+                if writer is None:
+                    size = (frame.shape[1], frame.shape[0])
+                    writer = imageio_ffmpeg.write_frames(
+                        temp, size, fps=float(fps), codec="libx264", pix_fmt_in="rgb24", pix_fmt_out="yuv420p",
+                        macro_block_size=1, output_params=["-crf", str(int(crf))], ffmpeg_log_level="error")
+                    writer.send(None)
+                elif (frame.shape[1], frame.shape[0]) != size:
+                    raise ValueError(f"{path}: frame {count} has size {frame.shape[1]}x{frame.shape[0]}, "
+                                     f"expected {size[0]}x{size[1]}")
+                writer.send(np.ascontiguousarray(frame).tobytes())
+                count += 1
             if writer is None:
-                size = (frame.shape[1], frame.shape[0])
-                writer = imageio_ffmpeg.write_frames(
-                    temp, size, fps=float(fps), codec="libx264", pix_fmt_in="rgb24", pix_fmt_out="yuv420p",
-                    macro_block_size=1, output_params=["-crf", str(int(crf))], ffmpeg_log_level="error")
-                writer.send(None)
-            elif (frame.shape[1], frame.shape[0]) != size:
-                raise ValueError(f"{path}: frame {count} has size {frame.shape[1]}x{frame.shape[0]}, "
-                                 f"expected {size[0]}x{size[1]}")
-            writer.send(np.ascontiguousarray(frame).tobytes())
-            count += 1
-        if writer is None:
-            raise ValueError(f"{path}: no frames to write")
-        writer.close()
-        writer = None
-        os.replace(temp, path)
-    finally:
-        if writer is not None:
-            try:
+                raise ValueError(f"{path}: no frames to write")
+        finally:
+            if writer is not None:
                 writer.close()
-            except Exception:
-                pass
-        if os.path.exists(temp):
-            os.unlink(temp)
     return path
 
 
@@ -150,19 +133,13 @@ def write_gif(path, frames: Iterable[np.ndarray], fps: float, overwrite: bool = 
     """Write uint8 (H, W, 3) frames as a looping GIF, atomically."""
     from PIL import Image
 
-    path = _atomic_target(Path(path), overwrite)
+    path = Path(path)
     images = [Image.fromarray(_as_frame(frame, str(path))) for frame in frames]
     if not images:
         raise ValueError(f"{path}: no frames to write")
-    handle, temp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.gif", dir=path.parent)
-    os.close(handle)
-    try:
+    with atomic_path(path, overwrite) as temp:
         images[0].save(temp, format="GIF", save_all=True, append_images=images[1:],
                        duration=max(1, round(1000 / float(fps))), loop=0)
-        os.replace(temp, path)
-    finally:
-        if os.path.exists(temp):
-            os.unlink(temp)
     return path
 
 

@@ -96,15 +96,12 @@ def write_tiny_model(out_dir, with_motion: bool = False, seed: int = 0, **sizes)
 
     reference_unet/ denoising_unet/ pose_guider/ [motion_adapter/] vae/ image_encoder/ feature_extractor/ scheduler/
     """
-    from .animator import Animator, save_folder_atomically
+    from .animator import Animator
+    from .export import export_model_folder
 
     parts = build_tiny_components(seed=seed, with_motion=with_motion, **sizes)
     unet = parts.pop("unet")
     reference = UNet2DConditionModel.from_config(unet.config)
     reference.load_state_dict(unet.state_dict())
     animator = Animator(reference, unet, parts.pop("pose_guider"), parts.pop("motion_adapter", None))
-    out = Path(out_dir)
-    animator.save_pretrained(out)
-    for name, part in parts.items():
-        save_folder_atomically(out / name, part.save_pretrained)
-    return out
+    return export_model_folder(out_dir, animator, **parts)

@@ -1,0 +1,91 @@
+"""Data-loading benchmark: samples/s of the stage-1 and stage-2 datasets, folder vs shards, per size and workers.
+
+Run `python -m data.bench` or `marionet data bench`. It generates synthetic videos in a temporary folder (nothing is
+downloaded), so the figures measure decoding, cropping and CLIP preprocessing on this machine.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+STAGE2_FRAMES, STAGE2_STRIDE = 24, 4  # the reference recipe's stage-2 clip
+
+
+def _measure(dataset, workers: int, seconds: float, min_samples: int = 4) -> float:
+    """Samples per second after the first batch (which pays worker start-up), over about `seconds`."""
+    import torch
+
+    from data.datasets import collate_skipping
+
+    loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=workers, collate_fn=collate_skipping)
+    count, start, epoch = 0, None, 0
+    while True:
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+        for batch in loader:
+            if start is None:
+                start = time.perf_counter()
+                continue
+            count += 0 if batch is None else len(batch["video_id"])
+            if time.perf_counter() - start >= seconds and count >= min_samples:
+                return count / (time.perf_counter() - start)
+        epoch += 1
+
+
+def run_benchmark(sizes=(256, 512), workers=(0, 2), videos: int = 6, frames: int = 96, seconds: float = 4.0,
+                  stages=(1, 2)) -> list[dict]:
+    import torch
+    from transformers import CLIPImageProcessor
+
+    from data.datasets import Stage1Dataset, Stage2Dataset
+    from data.shards import ShardStage1Dataset, ShardStage2Dataset, write_shards
+    from data.synth import generate_dataset
+
+    torch.set_num_threads(1)
+    processor = CLIPImageProcessor()  # the standard 224 px CLIP preprocessing, built locally
+    frames = max(frames, (STAGE2_FRAMES - 1) * STAGE2_STRIDE + 1)
+    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s) per "
+          f"process, {__import__('os').cpu_count()} cores; stage 2 = {STAGE2_FRAMES} frames x stride {STAGE2_STRIDE}")
+    print(f"{'stage':>5} {'size':>5} {'source':>7} {'workers':>7} {'samples/s':>10}")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="marionet-bench-") as tmp:
+        for size in sizes:
+            data_dir = Path(tmp) / f"synth{size}"
+            meta = generate_dataset(data_dir, videos, frames, size, seed=1234)
+            shard_dir = Path(tmp) / f"shards{size}"
+            write_shards(meta, shard_dir, max_size="50MB")
+            for stage in stages:
+                for source in ("folder", "shards"):
+                    for n_workers in workers:
+                        if stage == 1:
+                            dataset = (Stage1Dataset(meta, size, processor, seed=0) if source == "folder" else
+                                       ShardStage1Dataset(shard_dir, size, processor, seed=0, shuffle_buffer=4))
+                        else:
+                            dataset = (Stage2Dataset(meta, size, STAGE2_FRAMES, STAGE2_STRIDE, processor, seed=0)
+                                       if source == "folder" else
+                                       ShardStage2Dataset(shard_dir, size, STAGE2_FRAMES, STAGE2_STRIDE, processor,
+                                                          seed=0, shuffle_buffer=4))
+                        rate = _measure(dataset, n_workers, seconds)
+                        results.append({"stage": stage, "size": size, "source": source, "workers": n_workers,
+                                        "samples_per_s": rate})
+                        print(f"{stage:>5} {size:>5} {source:>7} {n_workers:>7} {rate:>10.2f}", flush=True)
+    return results
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m data.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    parser.add_argument("--videos", type=int, default=6)
+    parser.add_argument("--frames", type=int, default=96)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    args = parser.parse_args(argv)
+    run_benchmark(args.sizes, args.workers, args.videos, args.frames, args.seconds)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,60 @@
+"""The model folder: what training exports and what inference, compare and the converters load.
+
+    MODEL_DIR/
+      model_index.json            # PoseToVideoPipeline component list (diffusers pipeline format)
+      reference_unet/ denoising_unet/ pose_guider/ [motion_adapter/]    # the Animator
+      vae/ image_encoder/ feature_extractor/ scheduler/                 # frozen parts + the training schedule
+
+The scheduler saved here is the one training used, so inference samples with the schedule the model learned.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .animator import Animator, save_folder_atomically
+
+PIPELINE_CLASS = "PoseToVideoPipeline"
+
+
+def _library_and_class(obj) -> list:
+    if obj is None:
+        return [None, None]
+    module = type(obj).__module__.split(".")[0]
+    name = type(obj).__name__
+    if name.endswith("Pil") and module == "transformers":  # saved config reads back as the generic processor
+        name = name[: -len("Pil")]
+    return [module, name]
+
+
+def write_model_index(out_dir, components: dict) -> Path:
+    import diffusers
+
+    index = {"_class_name": PIPELINE_CLASS, "_diffusers_version": diffusers.__version__}
+    index.update({name: _library_and_class(obj) for name, obj in components.items()})
+    path = Path(out_dir) / "model_index.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(index, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def export_model_folder(out_dir, animator: Animator, vae, image_encoder, feature_extractor, scheduler) -> Path:
+    """Write a complete model folder (safetensors), each part moved into place only when fully written."""
+    out = Path(out_dir)
+    animator.save_pretrained(out)
+    frozen = {"vae": vae, "image_encoder": image_encoder, "feature_extractor": feature_extractor,
+              "scheduler": scheduler}
+    for name, part in frozen.items():
+        save_folder_atomically(out / name, part.save_pretrained)
+    motion = None
+    if animator.is_video_model:
+        from diffusers import MotionAdapter
+
+        motion = MotionAdapter.from_config(animator.motion_adapter_config)
+    components = {"reference_unet": animator.reference_unet,
+                  "denoising_unet": animator.reference_unet,  # a UNet2DConditionModel on disk either way
+                  "pose_guider": animator.pose_guider, "motion_adapter": motion, **frozen}
+    write_model_index(out, components)
+    return out
