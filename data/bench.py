@@ -6,6 +6,7 @@ downloaded), so the figures measure decoding, cropping and CLIP preprocessing on
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import tempfile
 import time
@@ -14,24 +15,28 @@ from pathlib import Path
 STAGE2_FRAMES, STAGE2_STRIDE = 24, 4  # the reference recipe's stage-2 clip
 
 
-def _measure(dataset, workers: int, seconds: float, min_samples: int = 4) -> float:
-    """Samples per second after the first batch (which pays worker start-up), over about `seconds`."""
+def _measure(dataset, workers: int, seconds: float, min_samples: int = 4) -> tuple[float, float | None]:
+    """(samples/s of wall time, CPU ms per sample) after the first batch, which pays worker start-up.
+
+    CPU time is only measurable in-process, so it is None with workers: on a shared machine it is the figure that
+    does not depend on what else runs."""
     import torch
 
     from data.datasets import collate_skipping
 
     loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=workers, collate_fn=collate_skipping)
-    count, start, epoch = 0, None, 0
+    count, start, cpu_start, epoch = 0, None, None, 0
     while True:
         if hasattr(dataset, "set_epoch"):
             dataset.set_epoch(epoch)
         for batch in loader:
             if start is None:
-                start = time.perf_counter()
+                start, cpu_start = time.perf_counter(), time.process_time()
                 continue
             count += 0 if batch is None else len(batch["video_id"])
             if time.perf_counter() - start >= seconds and count >= min_samples:
-                return count / (time.perf_counter() - start)
+                cpu = None if workers else 1000 * (time.process_time() - cpu_start) / count
+                return count / (time.perf_counter() - start), cpu
         epoch += 1
 
 
@@ -47,9 +52,10 @@ def run_benchmark(sizes=(256, 512), workers=(0, 2), videos: int = 6, frames: int
     torch.set_num_threads(1)
     processor = CLIPImageProcessor()  # the standard 224 px CLIP preprocessing, built locally
     frames = max(frames, (STAGE2_FRAMES - 1) * STAGE2_STRIDE + 1)
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s) per "
-          f"process, {__import__('os').cpu_count()} cores; stage 2 = {STAGE2_FRAMES} frames x stride {STAGE2_STRIDE}")
-    print(f"{'stage':>5} {'size':>5} {'source':>7} {'workers':>7} {'samples/s':>10}")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; "
+          f"{torch.get_num_threads()} torch thread per process; stage 2 = {STAGE2_FRAMES} frames x stride "
+          f"{STAGE2_STRIDE}; CLIP preprocessing at 224 px")
+    print(f"{'stage':>5} {'size':>5} {'source':>7} {'workers':>7} {'samples/s':>10} {'CPU ms/sample':>14}")
     results = []
     with tempfile.TemporaryDirectory(prefix="marionet-bench-") as tmp:
         for size in sizes:
@@ -68,10 +74,13 @@ def run_benchmark(sizes=(256, 512), workers=(0, 2), videos: int = 6, frames: int
                                        if source == "folder" else
                                        ShardStage2Dataset(shard_dir, size, STAGE2_FRAMES, STAGE2_STRIDE, processor,
                                                           seed=0, shuffle_buffer=4))
-                        rate = _measure(dataset, n_workers, seconds)
+                        rate, cpu = _measure(dataset, n_workers, seconds)
                         results.append({"stage": stage, "size": size, "source": source, "workers": n_workers,
-                                        "samples_per_s": rate})
-                        print(f"{stage:>5} {size:>5} {source:>7} {n_workers:>7} {rate:>10.2f}", flush=True)
+                                        "samples_per_s": rate, "cpu_ms_per_sample": cpu})
+                        cpu_text = "-" if cpu is None else f"{cpu:.0f}"
+                        print(f"{stage:>5} {size:>5} {source:>7} {n_workers:>7} {rate:>10.2f} {cpu_text:>14}",
+                              flush=True)
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     return results
 
 

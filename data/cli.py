@@ -114,8 +114,8 @@ def register(subparsers) -> None:
                                             "size and DataLoader worker count.")
     bench.add_argument("--sizes", type=int, nargs="+", default=[256, 512], help="image sizes (default 256 512)")
     bench.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader workers (default 0 2)")
-    bench.add_argument("--videos", type=int, default=8, help="synthetic videos per size (default 8)")
-    bench.add_argument("--frames", type=int, default=72, help="frames per synthetic video (default 72)")
+    bench.add_argument("--videos", type=int, default=6, help="synthetic videos per size (default 6)")
+    bench.add_argument("--frames", type=int, default=96, help="frames per synthetic video (default 96)")
     bench.add_argument("--seconds", type=float, default=4.0, help="time budget per measurement (default 4)")
     bench.set_defaults(func=_bench)
 

@@ -91,13 +91,13 @@ def crop_resize(frame: np.ndarray, box, out_h: int, out_w: int) -> np.ndarray:
 
 def to_signed(frames: np.ndarray) -> torch.Tensor:
     """uint8 (..., H, W, 3) -> float32 (..., 3, H, W) in [-1, 1]."""
-    tensor = torch.from_numpy(np.array(frames, dtype=np.uint8)).float().div_(127.5).sub_(1.0)
-    return tensor.movedim(-1, -3).contiguous()
+    tensor = torch.from_numpy(np.array(frames, dtype=np.uint8)).movedim(-1, -3).contiguous()
+    return tensor.float().div_(127.5).sub_(1.0)
 
 
 def to_unit(frames: np.ndarray) -> torch.Tensor:
     """uint8 (..., H, W, 3) -> float32 (..., 3, H, W) in [0, 1]."""
-    return torch.from_numpy(np.array(frames, dtype=np.uint8)).float().div_(255.0).movedim(-1, -3).contiguous()
+    return torch.from_numpy(np.array(frames, dtype=np.uint8)).movedim(-1, -3).contiguous().float().div_(255.0)
 
 
 def clip_pixels(processor, frame: np.ndarray) -> torch.Tensor:
@@ -145,10 +145,10 @@ def build_sample(spec: SampleSpec, video, pose, rng: np.random.Generator, video_
     except BadSample as error:
         raise BadSample(f"{video_name}: {error}") from None
     try:
-        frames = video_reader.get_batch(sorted(set(indices + [reference]))).asnumpy()
-        poses = pose_reader.get_batch(indices).asnumpy()
-    except Exception as error:
-        raise BadSample(f"{video_name}: decoding failed ({str(error).splitlines()[0][:160]})") from None
+        frames = np.asarray(video_reader.get_batch(sorted(set(indices + [reference]))))
+        poses = np.asarray(pose_reader.get_batch(indices))
+    except VideoError as error:
+        raise BadSample(str(error)) from None
     by_index = dict(zip(sorted(set(indices + [reference])), frames))
     frame_h, frame_w = frames.shape[1:3]
     pose_h, pose_w = poses.shape[1:3]
@@ -177,13 +177,19 @@ def resolve_source(source) -> list[dict]:
     from data.index import load_index
 
     if isinstance(source, (str, Path)):
-        return load_index(source)
-    entries = []
-    for entry in source:
-        entry = dict(entry)
-        if "pose_path" not in entry and "kps_path" in entry:
-            entry["pose_path"] = entry.pop("kps_path")
-        entries.append(entry)
+        entries = load_index(source)
+        label = str(source)
+    else:
+        entries, label = [], "dataset entries"
+        for number, entry in enumerate(source):
+            entry = dict(entry)
+            if "pose_path" not in entry and "kps_path" in entry:
+                entry["pose_path"] = entry.pop("kps_path")
+            if "video_path" not in entry or "pose_path" not in entry:
+                raise ValueError(f"entry {number} needs \"video_path\" and \"pose_path\", got {sorted(entry)}")
+            entries.append(entry)
+    if not entries:
+        raise ValueError(f"{label}: no videos to train on")
     return entries
 
 
@@ -214,7 +220,9 @@ class _FolderDataset(torch.utils.data.Dataset):
                                 item_rng(self.seed, self.epoch, index), video_id_of(entry))
         except BadSample as error:
             logger.warning("skipping sample %d: %s", index, error)
-            return None
+        except (OSError, ValueError, RuntimeError) as error:  # anything else one odd file can throw
+            logger.warning("skipping sample %d (%s): %s: %s", index, entry["video_path"], type(error).__name__, error)
+        return None
 
 
 class Stage1Dataset(_FolderDataset):

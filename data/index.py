@@ -1,6 +1,7 @@
 """The dataset index (meta.json): which video goes with which pose video, validated once, up front.
 
-meta.json is a JSON list of {"video_path", "pose_path", "num_frames", "fps", "width", "height"}. Paths are relative to
+meta.json is a JSON list of {"video_path", "pose_path", "num_frames", "fps", "width", "height"} and optionally
+"video_id" (default: the video's file name without extension). Paths are relative to
 the folder holding meta.json, or absolute. The Animate Anyone reproductions' {"video_path", "kps_path"} entries
 (kps_path = the pose video) are accepted when reading. `load_index` returns entries with absolute paths.
 """
@@ -69,9 +70,24 @@ def check_pair(video_path, pose_path, min_frames: int = 1) -> tuple[dict | None,
             "width": width, "height": height}, None
 
 
+def _find_videos(root: Path, exclude: Path | None = None) -> list[Path]:
+    excluded = exclude.resolve() if exclude is not None else None
+    found = []
+    for path in root.rglob("*"):
+        relative = path.relative_to(root)
+        if any(part.startswith(".") for part in relative.parts) or path.suffix.lower() not in VIDEO_SUFFIXES:
+            continue
+        if excluded is not None and (excluded == path.resolve().parent or excluded in path.resolve().parents):
+            continue
+        if path.is_file():
+            found.append(path)
+    return sorted(found)
+
+
 def build_index(videos_dir, poses_dir, out_path, min_frames: int = 1, overwrite: bool = False,
                 progress: bool = False) -> tuple[Path, list[dict], list[tuple[str, str]]]:
-    """Pair DIR/videos/<name>.<ext> with POSES/<name>.<ext>, validate each pair and write meta.json atomically.
+    """Pair VIDEOS/<sub/name>.<ext> with POSES/<sub/name>.<ext> (searched recursively, hidden files ignored, the
+    poses folder skipped if it lies inside the videos folder), validate each pair and write meta.json atomically.
 
     Returns (meta path, accepted entries, [(video, reason) for rejected ones]). Paths are written relative to the
     meta file's folder when they are below it, absolute otherwise.
@@ -82,10 +98,10 @@ def build_index(videos_dir, poses_dir, out_path, min_frames: int = 1, overwrite:
             raise FileNotFoundError(f"{folder}: {what} folder not found")
     if out_path.exists() and not overwrite:
         raise FileExistsError(f"{out_path}: already exists (pass --overwrite to replace it)")
-    videos = sorted(p for p in videos_dir.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
+    videos = _find_videos(videos_dir, exclude=poses_dir)
     if not videos:
         raise ValueError(f"{videos_dir}: no video files ({', '.join(VIDEO_SUFFIXES)})")
-    poses = {p.stem: p for p in poses_dir.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES}
+    poses = {p.relative_to(poses_dir).with_suffix(""): p for p in _find_videos(poses_dir)}
     accepted, rejected = [], []
     iterator = videos
     if progress:
@@ -93,14 +109,16 @@ def build_index(videos_dir, poses_dir, out_path, min_frames: int = 1, overwrite:
         iterator = tqdm(videos, desc="index", unit="video")
     base = out_path.parent.resolve()
     for video in iterator:
-        pose = poses.get(video.stem)
+        relative = video.relative_to(videos_dir).with_suffix("")
+        pose = poses.get(relative)
         if pose is None:
-            rejected.append((str(video), f"no pose video named {video.stem}.* in {poses_dir}"))
+            rejected.append((str(video), f"no pose video named {relative}.* in {poses_dir}"))
             continue
         entry, reason = check_pair(video, pose, min_frames)
         if entry is None:
             rejected.append((str(video), reason))
             continue
+        entry["video_id"] = relative.as_posix()
         for key in ("video_path", "pose_path"):
             absolute = Path(entry[key]).resolve()
             entry[key] = os.path.relpath(absolute, base) if base in absolute.parents else str(absolute)

@@ -9,6 +9,8 @@ EXTRACT_HELP = """\
 Extract DWPose skeletons from every video under --videos (recursive) into
   OUT/poses/<name>.mp4       skeleton video (same size, fps and frame count as the source)
   OUT/keypoints/<name>.json  keypoints (OpenPose-18 body, hands; face only with --face)
+Still images (png, jpg, webp, bmp) get OUT/poses/<name>.png and a one-frame keypoints JSON (e.g. the reference
+image for `marionet pose align --ref-pose`).
 Needs onnxruntime (pip install marionet[pose]) and the two DWPose ONNX files from the Hugging Face repository
 yzd-v/DWPose: yolox_l.onnx (--det) and dw-ll_ucoco_384.onnx (--pose), or both in --models-dir.
 Resumable: videos whose two outputs exist are skipped; files are written atomically. Failures are listed at the end
@@ -77,7 +79,8 @@ def _extract(args) -> int:
         raise UserError(str(error)) from None
     total = len(report.done) + len(report.skipped) + len(report.failed)
     if total == 0:
-        raise UserError(f"{args.videos}: no videos found (looked for mp4, mov, avi, mkv, webm, m4v)")
+        raise UserError(f"{args.videos}: no videos or images found (looked for mp4, mov, avi, mkv, webm, m4v, "
+                        f"png, jpg, jpeg, webp, bmp)")
     print(f"pose extract: {len(report.done)} done, {len(report.skipped)} already done (skipped), "
           f"{len(report.failed)} failed")
     print(f"skeleton videos: {report.poses_dir}")
@@ -126,8 +129,8 @@ def _align(args) -> int:
             if args.render:
                 frames = (draw_pose(f["body"], width, height, hands=f["hands"], face=f["face"],
                                     threshold=args.threshold) for f in aligned["frames"])
-                video_path = write_video(out / "poses" / name.with_suffix(".mp4"), frames, fps=aligned["fps"],
-                                         overwrite=True)
+                fps = aligned["fps"] if aligned["fps"] > 0 else 25.0  # a still image's keypoints have no fps
+                video_path = write_video(out / "poses" / name.with_suffix(".mp4"), frames, fps=fps, overwrite=True)
                 print(f"aligned skeleton video: {video_path}")
         except (FileNotFoundError, ValueError) as error:
             failed.append((source, str(error)))

@@ -21,6 +21,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")  # e.g. reference images, for `pose align`
 POSES_DIR = "poses"
 KEYPOINTS_DIR = "keypoints"
 
@@ -60,8 +61,10 @@ class ExtractReport:
         return not self.failed
 
 
-def find_videos(videos_dir: str | os.PathLike) -> list[Path]:
-    """Video files under `videos_dir` (recursive, sorted); hidden files (temp files) are ignored."""
+def find_videos(videos_dir: str | os.PathLike, images: bool = False) -> list[Path]:
+    """Video files (and with `images`, image files) under `videos_dir` (recursive, sorted); hidden files (temp
+    files) are ignored."""
+    extensions = VIDEO_EXTENSIONS + (IMAGE_EXTENSIONS if images else ())
     root = Path(videos_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: videos folder not found")
@@ -70,15 +73,21 @@ def find_videos(videos_dir: str | os.PathLike) -> list[Path]:
         rel = path.relative_to(root)
         if any(part.startswith(".") for part in rel.parts):
             continue
-        if path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS:
+        if path.is_file() and path.suffix.lower() in extensions:
             found.append(path)
     return sorted(found)
 
 
+def is_image(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
 def output_paths(video: Path, videos_dir: Path, out_dir: Path) -> tuple[Path, Path]:
-    """(skeleton mp4, keypoints json) for `video`, keeping its sub-folder relative to `videos_dir`."""
+    """(skeleton mp4 (png for an image), keypoints json) for `video`, keeping its sub-folder relative to
+    `videos_dir`."""
     rel = Path(video).relative_to(videos_dir).with_suffix("")
-    return out_dir / POSES_DIR / rel.with_suffix(".mp4"), out_dir / KEYPOINTS_DIR / rel.with_suffix(".json")
+    pose_suffix = ".png" if is_image(video) else ".mp4"
+    return out_dir / POSES_DIR / rel.with_suffix(pose_suffix), out_dir / KEYPOINTS_DIR / rel.with_suffix(".json")
 
 
 def is_done(pose_path: Path, keypoints_path: Path) -> bool:
@@ -123,14 +132,54 @@ def extract_video(video: str | os.PathLike, pose_path: str | os.PathLike, keypoi
     return count
 
 
+def extract_image(image: str | os.PathLike, pose_path: str | os.PathLike, keypoints_path: str | os.PathLike,
+                  estimator: Callable, threshold: float = 0.3) -> int:
+    """One still image: skeleton PNG + keypoints JSON (one frame, fps 0), each written atomically. Returns 1."""
+    import tempfile
+
+    from PIL import Image
+
+    from data.skeleton import draw_pose, save_keypoints
+    from data.video import load_image_rgb
+
+    frame = load_image_rgb(image)
+    height, width = frame.shape[:2]
+    result = estimator(frame)
+    canvas = draw_pose(result.body, width, height, hands=result.hands, face=result.face, threshold=threshold)
+    pose_path = Path(pose_path)
+    pose_path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix=f".{pose_path.stem}.", suffix=".tmp.png", dir=pose_path.parent)
+    os.close(handle)
+    try:
+        Image.fromarray(canvas).save(temp, format="PNG")
+        os.replace(temp, pose_path)
+    finally:
+        if os.path.exists(temp):
+            os.unlink(temp)
+    save_keypoints(keypoints_path, [_pose_record(result)], width=width, height=height, fps=0.0)
+    return 1
+
+
 # ---------------------------------------------------------------- workers
 _WORKER_ESTIMATOR = None
 _WORKER_CONFIG: EstimatorConfig | None = None
+_WORKER_IS_CHILD = False
 
 
-def _worker_init(config: EstimatorConfig) -> None:
-    global _WORKER_CONFIG
-    _WORKER_CONFIG = config
+def _worker_init(config: EstimatorConfig, child: bool = False) -> None:
+    global _WORKER_CONFIG, _WORKER_IS_CHILD
+    _WORKER_CONFIG, _WORKER_IS_CHILD = config, child
+    if child:
+        import signal
+
+        # Ctrl-C is the parent's business (it stops the workers with SIGTERM); SIGTERM unwinds the current video so
+        # its temp files are removed, then the worker exits (see _run_one).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, _raise_exit)
+
+
+def _raise_exit(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 def _run_one(job: tuple[str, str, str]) -> tuple[str, str | None, int, float]:
@@ -141,29 +190,37 @@ def _run_one(job: tuple[str, str, str]) -> tuple[str, str | None, int, float]:
     try:
         if _WORKER_ESTIMATOR is None:
             _WORKER_ESTIMATOR = _WORKER_CONFIG.create()
-        frames = extract_video(video, pose_path, keypoints_path, _WORKER_ESTIMATOR,
-                               threshold=_WORKER_CONFIG.threshold)
+        extract = extract_image if is_image(video) else extract_video
+        frames = extract(video, pose_path, keypoints_path, _WORKER_ESTIMATOR, threshold=_WORKER_CONFIG.threshold)
         return video, None, frames, time.perf_counter() - start
     except Exception as error:  # reported at the end; the batch goes on
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if message.startswith(f"{video}: "):  # the video error messages already name the file
+            message = message[len(video) + 2:]
         return video, f"{type(error).__name__}: {message}", 0, time.perf_counter() - start
+    except BaseException:  # stopped (SIGTERM in a worker): the finally blocks have removed the temp files
+        if _WORKER_IS_CHILD:
+            os._exit(1)
+        raise
 
 
 def extract_videos(videos_dir: str | os.PathLike, out_dir: str | os.PathLike, *, backend: str = "dwpose",
                    det: str | os.PathLike | None = None, pose: str | os.PathLike | None = None,
                    models_dir: str | os.PathLike | None = None, workers: int = 1, hands: bool = True,
                    face: bool = False, threshold: float = 0.3, det_threshold: float = 0.3,
-                   overwrite: bool = False, progress: bool = True,
+                   overwrite: bool = False, progress: bool = True, images: bool = True,
                    providers: tuple[str, ...] | None = None) -> ExtractReport:
-    """Extract poses for every video under `videos_dir` into `out_dir`/poses and `out_dir`/keypoints.
+    """Extract poses for every video under `videos_dir` into `out_dir`/poses and `out_dir`/keypoints (with
+    `images`, still images too: a skeleton PNG and a one-frame keypoints JSON each, e.g. for reference images).
 
     Already finished videos are skipped unless `overwrite`. Raises FileNotFoundError (missing folder or ONNX file)
     or ImportError (no onnxruntime) before any work starts; per-video errors land in the report's `failed`.
     """
+    global _WORKER_ESTIMATOR
     from data.dwpose import import_onnxruntime, resolve_model_paths
 
     videos_dir, out_dir = Path(videos_dir), Path(out_dir)
-    videos = find_videos(videos_dir)
+    videos = find_videos(videos_dir, images=images)
     if backend != "dwpose":
         raise ValueError(f"unknown pose backend {backend!r}; available: dwpose")
     det_path, pose_path = resolve_model_paths(det, pose, models_dir)
@@ -194,17 +251,42 @@ def extract_videos(videos_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
             results = map(_run_one, jobs)
             _consume(results, report, bar)
         else:
-            import multiprocessing
-
-            # spawn: fresh interpreters, each creating its own onnxruntime sessions (no forked threads/sessions)
-            context = multiprocessing.get_context("spawn")
-            with context.Pool(workers, initializer=_worker_init, initargs=(config,)) as pool:
-                _consume(pool.imap_unordered(_run_one, jobs), report, bar)
+            _consume(_run_parallel(jobs, workers, config), report, bar)
     finally:
         bar.close()
-        global _WORKER_ESTIMATOR
         _WORKER_ESTIMATOR = None
     return report
+
+
+def _run_parallel(jobs, workers: int, config: EstimatorConfig):
+    """Yield job results from `workers` spawned processes (fresh interpreters, each creating its own onnxruntime
+    sessions). A worker that dies (crash, out of memory) fails its remaining videos instead of hanging the batch."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    context = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(config, True))
+    try:
+        futures = {pool.submit(_run_one, job): job for job in jobs}
+        for future in as_completed(futures):
+            try:
+                result = future.result()
+            except BrokenProcessPool:
+                result = futures[future][0], "worker process died (crash or out of memory); run again to retry", 0, 0.0
+            except Exception as error:  # noqa: BLE001 - e.g. a result that could not be pickled
+                result = futures[future][0], f"{type(error).__name__}: {error}", 0, 0.0
+            yield result
+    except BaseException:  # Ctrl-C or the consumer gave up: stop the workers, do not wait for the queued videos
+        processes = list(getattr(pool, "_processes", {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+        for process in processes:
+            process.join(timeout=10)
+        raise
+    pool.shutdown()
 
 
 def _consume(results, report: ExtractReport, bar) -> None:

@@ -115,7 +115,12 @@ def expand_urls(urls) -> list[str]:
         return found
     if path.name == MANIFEST and path.is_file():
         return [str(path.parent / s["path"]) for s in json.loads(path.read_text())["shards"]]
-    return list(wds_expand(text))
+    urls = list(wds_expand(text))
+    local = [u for u in urls if "://" not in u and not u.startswith("pipe:")]
+    missing = [u for u in local if not Path(u).exists()]
+    if missing:
+        raise FileNotFoundError(f"{missing[0]}: shard not found")
+    return urls
 
 
 def _rank_world(rank, world_size) -> tuple[int, int]:
@@ -228,9 +233,9 @@ class ShardDataset(torch.utils.data.IterableDataset):
     def _emit(self, raw):
         try:
             yield self._decode(raw)
-        except BadSample as error:
+        except (BadSample, OSError, ValueError, RuntimeError) as error:
             self.stats["skipped"] += 1
-            logger.warning("skipping sample: %s (shard %s)", error, raw.get("__url__", "?"))
+            logger.warning("skipping sample %s of shard %s: %s", raw.get("__key__"), raw.get("__url__", "?"), error)
 
 
 class ShardStage1Dataset(ShardDataset):

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from data.atomic import write_json
-from data.skeleton import draw_pose, save_keypoints
+from data.skeleton import BODY_NAMES, draw_pose, save_keypoints
 from data.video import write_video
 
 PATTERNS = ("plain", "stripes", "checks", "dots")
@@ -400,8 +400,6 @@ class Renderer:
 # ---------------------------------------------------------------- videos and datasets
 
 def _keypoint_arrays(state: dict, hand_points: dict) -> tuple[np.ndarray, list]:
-    from data.skeleton import BODY_NAMES
-
     body = np.zeros((18, 3), np.float32)
     for index, name in enumerate(BODY_NAMES):
         x, y = state["joints"][name]
@@ -465,10 +463,10 @@ def generate_dataset(out_dir, videos: int, frames: int, size: int, seed: int, fp
         name = video_id(seed, index)
         video, poses, keypoints = render_video(seed, index, frames, size, fps, hands)
         # Files without a meta.json are leftovers of an interrupted run with the same seed: safe to replace.
-        write_video(out / "videos" / f"{name}.mp4", video, fps, overwrite=True)
-        write_video(out / "poses" / f"{name}.mp4", poses, fps, overwrite=True)
+        write_video(out / "videos" / f"{name}.mp4", video, fps, overwrite=True, preset="veryfast")
+        write_video(out / "poses" / f"{name}.mp4", poses, fps, overwrite=True, preset="veryfast")
         save_keypoints(out / "keypoints" / f"{name}.json", keypoints, size, size, fps)
-        entries.append({"video_path": f"videos/{name}.mp4", "pose_path": f"poses/{name}.mp4",
+        entries.append({"video_id": name, "video_path": f"videos/{name}.mp4", "pose_path": f"poses/{name}.mp4",
                         "keypoints_path": f"keypoints/{name}.json", "num_frames": frames, "fps": float(fps),
                         "width": size, "height": size})
     write_json(meta_path, entries)

@@ -185,6 +185,22 @@ def test_warp_crop_and_mapping_are_inverse():
     np.testing.assert_allclose(dwpose.crop_to_image_points(there, center, scale), BLOB, atol=1e-9)
 
 
+def test_warp_crop_samples_the_mapped_image_point():
+    # ramps: red = 4 * (x - 88), green = 3 * (y - 48); every crop pixel must read the image point that
+    # crop_to_image_points gives for it (no half-pixel shift; PIL truncates to uint8, a bias under 1/8 pixel)
+    ys, xs = np.mgrid[0:200, 0:250]
+    image = np.stack([np.clip(4 * (xs - 88), 0, 255), np.clip(3 * (ys - 48), 0, 255), np.zeros_like(xs)], axis=2)
+    center, scale = np.array([120.0, 90.0]), np.array([60.0, 80.0])
+    crop = dwpose.warp_crop(image.astype(np.uint8), center, scale).astype(float)
+    rows, cols = np.mgrid[0:384, 0:288]
+    mapped = dwpose.crop_to_image_points(np.stack([cols, rows], axis=-1), center, scale)
+    inside = (mapped[..., 0] > 89) & (mapped[..., 0] < 149) & (mapped[..., 1] > 49) & (mapped[..., 1] < 131)
+    error_x = (crop[..., 0] / 4 + 88 - mapped[..., 0])[inside]
+    error_y = (crop[..., 1] / 3 + 48 - mapped[..., 1])[inside]
+    assert abs(error_x.mean()) < 0.2 and abs(error_y.mean()) < 0.2
+    assert np.abs(error_x).max() < 0.5 and np.abs(error_y).max() < 0.5
+
+
 def test_normalize_crop_layout_and_statistics():
     crop = np.zeros((4, 3, 3), np.uint8)
     crop[..., 0] = 255
@@ -349,7 +365,7 @@ def test_extract_videos_resume_and_failure_report(video_dir, models, tmp_path):
     out = tmp_path / "out"
     report = extract_videos(videos, out, det=models[0], pose=models[1], workers=1, progress=False)
     assert sorted(Path(v).name for v in report.done) == ["a.mp4", "b.mp4"]
-    assert [Path(v).name for v, _ in report.failed] == ["broken.mp4"] and "broken.mp4" in report.failed[0][1]
+    assert [Path(v).name for v, _ in report.failed] == ["broken.mp4"] and "VideoError" in report.failed[0][1]
     for name, pos in positions.items():
         _check_outputs(out, name, pos)
     # nothing half-written for the broken video, no temp files left anywhere
@@ -391,6 +407,34 @@ def test_extract_cli_parallel_workers(video_dir, models, tmp_path, capsys):
     assert code == 0 and "2 already done" in capsys.readouterr().out
 
 
+def test_extract_still_image_then_use_it_as_align_reference(models, tmp_path, capsys):
+    from PIL import Image
+
+    from data.pose_extract import extract_videos
+    from data.skeleton import load_keypoints, save_keypoints
+    from marionet import main
+
+    folder = tmp_path / "refs"
+    folder.mkdir()
+    Image.fromarray(blob_image(90.0, 60.0)).save(folder / "me.png")
+    report = extract_videos(folder, tmp_path / "out", det=models[0], pose=models[1], progress=False)
+    assert [Path(v).name for v in report.done] == ["me.png"] and not report.failed
+    skeleton = np.asarray(Image.open(tmp_path / "out" / "poses" / "me.png"))
+    assert skeleton.shape == (IMAGE_H, IMAGE_W, 3) and skeleton.max() > 100
+    kps = load_keypoints(tmp_path / "out" / "keypoints" / "me.json")
+    assert len(kps["frames"]) == 1 and kps["fps"] == 0
+    np.testing.assert_allclose(kps["body"][0, 0, :2] * (IMAGE_W, IMAGE_H), (90, 60), atol=1.0)
+
+    driving = np.zeros((3, 18, 3), np.float32)
+    driving[:, :, :2] = np.random.default_rng(0).uniform(0.2, 0.8, (18, 2))
+    driving[:, :, 2] = 0.9
+    save_keypoints(tmp_path / "dance.json", driving, width=64, height=64, fps=8)
+    code = main(["pose", "align", "--ref-pose", str(tmp_path / "out" / "keypoints" / "me.json"),
+                 "--driving", str(tmp_path / "dance.json"), "--out", str(tmp_path / "aligned")])
+    assert code == 0 and (tmp_path / "aligned" / "poses" / "dance.mp4").is_file()
+    assert "aligned skeleton video" in capsys.readouterr().out
+
+
 def test_extract_cli_user_errors(tmp_path, models, capsys):
     from marionet import main
 
@@ -401,7 +445,7 @@ def test_extract_cli_user_errors(tmp_path, models, capsys):
     assert code == 2 and "yolox_l.onnx" in err and "yzd-v/DWPose" in err and len(err.strip().splitlines()) == 1
     code = main(["pose", "extract", "--videos", str(tmp_path / "videos"), "--out", str(tmp_path / "out"),
                  "--det", str(models[0]), "--pose", str(models[1])])
-    assert code == 2 and "no videos found" in capsys.readouterr().err
+    assert code == 2 and "no videos or images found" in capsys.readouterr().err
     code = main(["pose", "extract", "--videos", str(tmp_path / "nope"), "--out", str(tmp_path / "out"),
                  "--det", str(models[0]), "--pose", str(models[1])])
     assert code == 2 and "not found" in capsys.readouterr().err

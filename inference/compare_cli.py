@@ -1,0 +1,78 @@
+"""`marionet compare` (methods scored against held-out videos) and the `marionet demo` entry (built by the lead)."""
+from __future__ import annotations
+
+import argparse
+
+COMPARE_DESCRIPTION = """\
+Render held-out videos with every --method and score them against the ground truth. For each video the reference is
+one frame (--ref-frame), the driving poses are the video's own skeleton frames and the ground truth is the video; all
+methods get the same reference, poses, seed and step count. Writes REPORT_DIR/report.json, report.md, plots/,
+grids/ and videos/ (side by side). LPIPS and FVD need local weight files (--lpips, --fvd); without them the report
+says they were not computed."""
+
+
+def register(subparsers) -> None:
+    from inference.compare import SPEC_HELP
+
+    compare = subparsers.add_parser(
+        "compare", help="score zero-shot, trained and other methods on held-out videos",
+        description=COMPARE_DESCRIPTION, epilog=SPEC_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    compare.add_argument("--data", required=True, help="held-out videos: a meta.json, or WebDataset shards "
+                                                       "(folder with manifest.json, manifest.json or .tar pattern)")
+    compare.add_argument("--method", action="append", required=True, metavar="NAME=SPEC",
+                         help="a method to compare (repeat; see below)")
+    compare.add_argument("--out", required=True, help="report folder to create")
+    compare.add_argument("--videos", type=int, default=None, help="use the first N videos (default: all)")
+    compare.add_argument("--frames", type=int, default=None, help="render the first F frames of each (default: all)")
+    compare.add_argument("--size", default=None, metavar="WxH", help="resize all frames (default: the videos' size)")
+    compare.add_argument("--steps", type=int, default=20, help="denoising steps for every method (default 20)")
+    compare.add_argument("--seed", type=int, default=0, help="the same seed for every method and video (default 0)")
+    compare.add_argument("--ref-frame", type=int, default=0, help="which frame is the reference (default 0)")
+    compare.add_argument("--lpips", default=None, metavar="PATH",
+                         help="LPIPS weights: a TorchScript file, or a folder with the lpips package's alex.pth and "
+                              "AlexNet trunk weights (alexnet-owt-7be5be79.pth)")
+    compare.add_argument("--fvd", default=None, metavar="FILE", help="I3D TorchScript file (i3d_torchscript.pt)")
+    compare.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    compare.add_argument("--grid-frames", type=int, default=8, help="frames shown in each grid (default 8)")
+    compare.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
+    compare.set_defaults(func=run_compare)
+
+    demo = subparsers.add_parser("demo", help="synthetic data -> training -> comparison (not built yet)")
+    demo.set_defaults(func=run_demo)
+
+
+def run_compare(args) -> int:
+    from marionet import UserError
+
+    for flag in ("videos", "frames", "steps", "grid_frames"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise UserError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    if args.ref_frame < 0:
+        raise UserError(f"--ref-frame must be >= 0, got {args.ref_frame}")
+    from inference.compare import CompareError, run_comparison
+    from models.loading import MissingWeightsError
+
+    device = args.device
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        report = run_comparison(args.data, args.method, args.out, videos=args.videos, frames=args.frames,
+                                size=args.size, steps=args.steps, seed=args.seed, ref_frame=args.ref_frame,
+                                lpips=args.lpips, fvd=args.fvd, device=device, overwrite=args.overwrite,
+                                grid_frames=args.grid_frames)
+    except (CompareError, MissingWeightsError, FileExistsError, FileNotFoundError) as error:
+        raise UserError(str(error).splitlines()[0]) from None
+    for name, entry in report["methods"].items():
+        print(f"{name}: PSNR {entry['psnr']['mean']:.2f} dB, PSNR* {entry['psnr_star']['mean']:.2f}, "
+              f"SSIM {entry['ssim']['mean']:.4f}, {entry['seconds_per_frame']['mean']:.3f} s/frame")
+    print(f"wrote {report['out_dir']}/report.md, report.json, plots/, grids/, videos/")
+    return 0
+
+
+def run_demo(args) -> int:
+    from marionet import UserError
+
+    raise UserError("demo is not built yet")
