@@ -1,0 +1,265 @@
+"""Training core on tiny components and synthetic clips (CPU): configs, loss, dropout, resume, stage 2, failures."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from train.config import ConfigError, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(root: Path, stage: int = 1, **overrides):
+    """The tiny config of `stage` shrunk further (32 px, 4 short videos) with every output under `root`."""
+    settings = {
+        "output_dir": root / f"stage{stage}", "model.base_model": root / "base", "data.meta": root / "data/meta.json",
+        "data.synthetic_videos": 4, "data.synthetic_frames": 24, "data.synthetic_size": 32, "data.image_size": 32,
+        "data.min_gap": 8, "optim.max_train_steps": 6, "checkpoint.checkpointing_steps": 3,
+        "validation.validation_steps": 0, "validation.num_samples": 1, "validation.num_inference_steps": 2,
+        "report_to": "none", "log_every": 1,
+    }
+    if stage == 2:
+        settings.update({"model.stage1_model": root / "stage1_model", "model.motion_module": root / "base/motion_adapter",
+                         "data.n_frames": 4, "data.frame_stride": 2, "validation.frames": 4})
+    settings.update(overrides)
+    return load_config(REPO / f"configs/tiny/stage{stage}.yaml", [f"{k}={v}" for k, v in settings.items()])
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    """A tiny base folder and a small synthetic data set, made by the same code the tiny configs run."""
+    from train import stage1
+    from train.core import prepare_synthetic_data
+
+    root = tmp_path_factory.mktemp("train")
+    cfg = tiny_config(root)
+    stage1.prepare_assets(cfg)
+    prepare_synthetic_data(cfg)
+    return root
+
+
+def fresh_dir(assets: Path, name: str) -> Path:
+    """A run folder beside the shared assets (so the config's relative defaults are not used)."""
+    path = assets / name
+    shutil.rmtree(path, ignore_errors=True)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ configs
+
+def test_every_shipped_config_loads_and_rejects_unknown_keys():
+    for name in ("stage1.yaml", "stage2.yaml", "tiny/stage1.yaml", "tiny/stage2.yaml"):
+        cfg = load_config(REPO / "configs" / name)
+        assert cfg.stage == (1 if "stage1" in name else 2)
+    full = load_config(REPO / "configs/stage1.yaml")
+    assert (full.data.image_size, full.optim.train_batch_size, full.optim.max_train_steps) == (768, 4, 30000)
+    assert full.noise.reference_dropout == 0.1 and full.noise.snr_gamma == 5.0 and full.optim.max_grad_norm == 1.0
+    video = load_config(REPO / "configs/stage2.yaml")
+    assert (video.data.image_size, video.data.n_frames, video.data.frame_stride) == (512, 24, 4)
+    assert video.optim.gradient_checkpointing and video.optim.max_train_steps == 10000
+    assert load_config(REPO / "configs/tiny/stage1.yaml", ["optim.learning_rate=3e-3"]).optim.learning_rate == 3e-3
+    with pytest.raises(ConfigError, match="learnin_rate"):
+        load_config(REPO / "configs/tiny/stage1.yaml", ["optim.learnin_rate=1"])
+    with pytest.raises(ConfigError, match="prediction_type"):
+        load_config(REPO / "configs/tiny/stage1.yaml", ["noise.prediction_type=sample"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(REPO / "configs/nope.yaml")
+
+
+def test_min_snr_weights_follow_the_prediction_type_and_survive_zero_terminal_snr():
+    from models import training_scheduler
+    from train.core import make_training_scheduler, min_snr_weights
+    from train.config import NoiseConfig
+
+    scheduler = make_training_scheduler(training_scheduler().config, NoiseConfig(zero_terminal_snr=True))
+    assert scheduler.config.timestep_spacing == "trailing" and scheduler.alphas_cumprod[-1] < 1e-6
+    t = torch.tensor([0, 500, 999])
+    alphas = scheduler.alphas_cumprod[t]
+    snr = alphas / (1 - alphas)
+    eps = min_snr_weights(scheduler, t, 5.0, "epsilon")
+    v = min_snr_weights(scheduler, t, 5.0, "v_prediction")
+    assert torch.isfinite(eps).all() and torch.isfinite(v).all()
+    assert torch.allclose(eps[:2], snr.clamp(max=5)[:2] / snr[:2])
+    assert torch.allclose(v, snr.clamp(max=5) / (snr + 1))
+    assert eps[0] < 1 and v[-1] == 0  # t=0: clipped; t=T under zero-terminal SNR: no signal, no v weight
+
+
+# ------------------------------------------------------------------------------------------------ the step
+
+def load_stage1_parts(cfg):
+    from train import stage1
+
+    torch.manual_seed(0)
+    return stage1.load_frozen(cfg), stage1.build_animator(cfg)
+
+
+def fixed_batch(cfg, frozen, count: int = 2):
+    from data.datasets import Stage1Dataset, collate_skipping
+    from train.core import encode_batch
+
+    dataset = Stage1Dataset(cfg.data.meta, cfg.data.image_size, frozen.feature_extractor, min_gap=8, seed=0)
+    batch = collate_skipping([dataset[i] for i in range(count)])
+    return encode_batch(batch, frozen, "cpu", torch.Generator().manual_seed(0))
+
+
+def test_stage1_loss_falls_on_a_fixed_batch(assets):
+    from train.core import diffusion_loss, sample_noise
+
+    cfg = tiny_config(assets, **{"noise.reference_dropout": 0.0})
+    frozen, animator = load_stage1_parts(cfg)
+    inputs = fixed_batch(cfg, frozen)
+    noise, timesteps, dropped = sample_noise(inputs["latents"], frozen.scheduler, cfg.noise,
+                                             torch.Generator().manual_seed(1))
+    optimizer = torch.optim.AdamW([p for p in animator.parameters() if p.requires_grad], lr=1e-3)
+    losses = []
+    for _ in range(30):
+        loss, _ = diffusion_loss(animator, inputs, noise, timesteps, dropped, frozen.scheduler, cfg.noise)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    assert last < 0.5 * first, losses
+
+
+def test_dropped_rows_take_exactly_the_unconditional_path(assets):
+    from tests.conftest import randomize_
+    from train.core import diffusion_loss
+
+    cfg = tiny_config(assets)
+    frozen, animator = load_stage1_parts(cfg)
+    randomize_(animator.pose_guider)
+    inputs = fixed_batch(cfg, frozen)
+    noise = torch.randn_like(inputs["latents"])
+    timesteps = torch.tensor([300, 700])
+    dropped = torch.tensor([True, False])
+    with torch.no_grad():
+        _, prediction = diffusion_loss(animator, inputs, noise, timesteps, dropped, frozen.scheduler, cfg.noise)
+        noisy = frozen.scheduler.add_noise(inputs["latents"], noise, timesteps)
+        args = (noisy, timesteps, inputs["ref_latents"], inputs["image_embeds"], inputs["pose_images"])
+        unconditional = animator(*args, drop_reference=torch.tensor([True, True]))
+        conditional = animator(*args)
+    assert torch.allclose(prediction[0], unconditional[0], atol=1e-5)
+    assert torch.allclose(prediction[1], conditional[1], atol=1e-5)
+    assert not torch.allclose(prediction[0], conditional[0], atol=1e-3)  # dropping really changes the row
+
+
+# ------------------------------------------------------------------------------------------------ whole runs
+
+def test_resumed_run_repeats_the_uninterrupted_losses(assets):
+    from models import Animator
+    from train.core import OutputExists, list_checkpoints, run
+
+    whole = run(tiny_config(assets, output_dir=fresh_dir(assets, "whole"), **{"validation.validation_steps": 3}))
+    assert sorted(whole.losses) == [1, 2, 3, 4, 5, 6]
+    assert [p.name for p in list_checkpoints(whole.output_dir)] == ["checkpoint-3", "checkpoint-6"]
+    assert (whole.model_dir / "model_index.json").is_file()
+    assert {p.name for p in whole.validation_media} == {"step-000003.png", "step-000006.png"}
+    scheduler = json.loads((whole.model_dir / "scheduler/scheduler_config.json").read_text())
+    assert scheduler["prediction_type"] == "epsilon" and scheduler["beta_schedule"] == "scaled_linear"
+    Animator.from_pretrained(whole.model_dir)
+
+    split = fresh_dir(assets, "split")
+    first = run(tiny_config(assets, output_dir=split, stop_at_step=3))
+    assert first.model_dir is None and [p.name for p in list_checkpoints(split)] == ["checkpoint-3"]
+    with pytest.raises(OutputExists, match="resume_from_checkpoint=latest"):
+        run(tiny_config(assets, output_dir=split))
+    second = run(tiny_config(assets, output_dir=split, **{"checkpoint.resume_from_checkpoint": "latest"}))
+    assert sorted(second.losses) == [4, 5, 6]
+    combined = {**first.losses, **second.losses}
+    for step, loss in whole.losses.items():
+        assert combined[step] == pytest.approx(loss, rel=1e-5, abs=1e-7), step
+
+
+def test_half_written_checkpoint_is_never_resumed(assets):
+    from train.core import list_checkpoints, resolve_resume
+
+    out = fresh_dir(assets, "crashed")
+    (out / "checkpoint-4").mkdir(parents=True)  # e.g. a copy interrupted before its state file was written
+    (out / ".checkpoint-6.partial").mkdir()
+    (out / "checkpoint-2").mkdir()
+    (out / "checkpoint-2" / "training_state_0.json").write_text("{}")
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2"]
+    cfg = tiny_config(assets, output_dir=out, **{"checkpoint.resume_from_checkpoint": "latest"})
+    assert resolve_resume(cfg, out).name == "checkpoint-2"
+
+
+def test_bad_files_are_skipped_and_counted(assets):
+    from train.core import run
+
+    data = fresh_dir(assets, "bad_data")
+    shutil.copytree(assets / "data", data)
+    entries = json.loads((data / "meta.json").read_text())
+    (data / entries[0]["video_path"]).write_bytes(b"not a video")
+    result = run(tiny_config(assets, output_dir=fresh_dir(assets, "bad_run"), **{
+        "data.meta": data / "meta.json", "optim.max_train_steps": 3, "validation.num_samples": 0,
+        "noise.prediction_type": "v_prediction", "noise.zero_terminal_snr": True}))
+    assert sorted(result.losses) == [1, 2, 3] and result.skipped_samples > 0
+    assert all(torch.isfinite(torch.tensor(loss)) for loss in result.losses.values())
+    # the schedule this run trained with is the one exported for inference
+    scheduler = json.loads((result.model_dir / "scheduler/scheduler_config.json").read_text())
+    assert scheduler["prediction_type"] == "v_prediction" and scheduler["rescale_betas_zero_snr"]
+    assert scheduler["timestep_spacing"] == "trailing"
+
+
+def test_nonfinite_losses_are_skipped_then_stop_the_run_keeping_the_last_checkpoint(assets, monkeypatch):
+    import train.core as core
+
+    real_loss = core.diffusion_loss
+    calls = {"n": 0}
+
+    def loss_that_explodes_after_two_steps(*args, **kwargs):
+        calls["n"] += 1
+        loss, prediction = real_loss(*args, **kwargs)
+        return (loss * float("nan") if calls["n"] > 2 else loss), prediction
+
+    monkeypatch.setattr(core, "diffusion_loss", loss_that_explodes_after_two_steps)
+    out = fresh_dir(assets, "nan")
+    cfg = tiny_config(assets, output_dir=out, **{"checkpoint.checkpointing_steps": 2,
+                                                 "checkpoint.max_consecutive_nonfinite": 3})
+    with pytest.raises(core.TrainingDiverged, match="checkpoint-2"):
+        core.run(cfg)
+    # steps 3 and 4 were skipped (no checkpoint saved mid-divergence), step 5 stopped the run
+    assert [p.name for p in core.list_checkpoints(out)] == ["checkpoint-2"]
+    assert not (out / "model").exists()
+
+
+def test_stage2_trains_motion_modules_only_and_exports_a_loadable_video_model(assets):
+    from models import Animator, write_tiny_model
+    from train import stage2
+    from train.core import run
+
+    stage1_model = assets / "stage1_model"
+    if not stage1_model.exists():
+        write_tiny_model(stage1_model, with_motion=False, seed=3)
+    cfg = tiny_config(assets, stage=2, output_dir=fresh_dir(assets, "stage2"), **{
+        "optim.max_train_steps": 2, "checkpoint.checkpointing_steps": 2, "optim.learning_rate": 1e-2})
+    animator = stage2.build_animator(cfg)
+    trainable = {n for n, p in animator.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("denoising_unet.") and "motion_modules" in n for n in trainable)
+    assert trainable == {n for n in dict(animator.named_parameters()) if "motion_modules" in n}
+
+    result = run(cfg)
+    before = Animator.from_pretrained(stage1_model)
+    after = Animator.from_pretrained(result.model_dir)
+    assert after.is_video_model
+    assert {p.suffix for p in result.validation_media} == {".mp4", ".gif"}
+    for part in ("reference_unet", "pose_guider"):
+        old, new = getattr(before, part).state_dict(), getattr(after, part).state_dict()
+        assert old.keys() == new.keys() and all(torch.equal(old[k], new[k]) for k in old), part
+    old, new = before.denoising_unet.state_dict(), after.denoising_unet.state_dict()
+    spatial = [k for k in new if "motion_modules" not in k]
+    assert set(spatial) == set(old) and all(torch.equal(old[k], new[k]) for k in spatial)
+    initial = stage2.load_motion_adapter(cfg.model.motion_module).state_dict()
+    changed = [k for k, v in new.items() if "motion_modules" in k and not torch.equal(v, initial[k])]
+    assert changed, "no motion-module weight moved"
+
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        out = after(torch.randn(1, 4, 4, 4, 4, generator=gen), torch.tensor([10]), torch.randn(1, 4, 4, 4, generator=gen),
+                    torch.randn(1, 1, 32, generator=gen), torch.rand(1, 3, 4, 32, 32, generator=gen))
+    assert out.shape == (1, 4, 4, 4, 4) and torch.isfinite(out).all()

@@ -1,0 +1,607 @@
+"""The one training loop behind stage 1 and stage 2: noise, loss, optimisation, checkpoints, logging, validation.
+
+A stage is a module (train/stage1.py, train/stage2.py) with three functions:
+
+    prepare_assets(cfg)   create what a tiny config generates when missing (tiny base folder); may do nothing
+    load_frozen(cfg)      -> Frozen: VAE, CLIP image encoder, its preprocessor, the training scheduler
+    build_animator(cfg)   -> Animator with exactly the parameters that stage trains left trainable
+
+Everything else is shared and lives here, in the order a run goes through it (`run`). Randomness is a pure function
+of (seed, process, step): noise comes from a generator reseeded every micro-step and the data order from
+`EpochSampler`, so a resumed run repeats the uninterrupted one exactly without saving any RNG state.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from train.config import ConfigError, TrainConfig, as_flat_dict
+
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many non-finite losses in a row; the message names the last good checkpoint."""
+
+
+class OutputExists(FileExistsError):
+    """output_dir already holds a run and neither resume nor overwrite was asked for."""
+
+
+@dataclass
+class Frozen:
+    """The parts training never updates, plus the noise schedule that is exported with the model."""
+    vae: torch.nn.Module
+    image_encoder: torch.nn.Module
+    feature_extractor: object
+    scheduler: object  # a DDIMScheduler configured for training (and saved with the model)
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    model_dir: Path | None                 # None when the run stopped early (stop_at_step)
+    losses: dict = field(default_factory=dict)  # global step -> loss (mean over processes and micro-batches)
+    skipped_samples: int = 0
+    nonfinite_steps: int = 0
+    validation_media: list = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------------ noise and loss
+
+def make_training_scheduler(base_config: dict, noise_cfg):
+    """DDIM with the base model's betas, our prediction type and (optionally) zero-terminal-SNR + trailing spacing.
+
+    This exact scheduler is exported with the trained model, so inference samples with the schedule it learned.
+    """
+    from diffusers import DDIMScheduler
+
+    extra = dict(rescale_betas_zero_snr=True, timestep_spacing="trailing") if noise_cfg.zero_terminal_snr else {}
+    base = {k: v for k, v in dict(base_config).items() if not k.startswith("_")}
+    base.update(prediction_type=noise_cfg.prediction_type, clip_sample=False, **extra)
+    return DDIMScheduler.from_config(base)
+
+
+def step_generator(seed: int, process_index: int, step: int, micro_step: int) -> torch.Generator:
+    """A CPU generator determined by where we are in training: resume-exact without saving RNG state."""
+    mixed = (seed * 1_000_003 + process_index * 7_919 + step * 131 + micro_step) % (2 ** 63)
+    return torch.Generator().manual_seed(mixed)
+
+
+@torch.no_grad()
+def encode_batch(batch: dict, frozen: Frozen, device, generator: torch.Generator) -> dict:
+    """Pixels -> the Animator's inputs: target latents, reference latents, CLIP token, poses (videos channel-first)."""
+    vae, dtype = frozen.vae, frozen.vae.dtype
+    target = batch["target"].to(device, dtype)
+    video = target.ndim == 5
+    frames = target.shape[1] if video else 1
+    latents = vae_encode(vae, target.flatten(0, 1) if video else target, generator, sample=True)
+    pose = batch["pose"].to(device)
+    if video:  # (B, F, ...) from the dataset -> (B, C, F, ...) as the motion UNet expects
+        latents = latents.unflatten(0, (-1, frames)).permute(0, 2, 1, 3, 4)
+        pose = pose.permute(0, 2, 1, 3, 4)
+    reference = vae_encode(vae, batch["reference"].to(device, dtype), generator, sample=False)
+    clip = batch["clip_image"].to(device, frozen.image_encoder.dtype)
+    embeds = frozen.image_encoder(clip).image_embeds.unsqueeze(1)
+    return {"latents": latents.float(), "ref_latents": reference.float(), "image_embeds": embeds.float(),
+            "pose_images": pose.float()}
+
+
+def vae_encode(vae, pixels: torch.Tensor, generator, sample: bool, chunk: int = 16) -> torch.Tensor:
+    """VAE latents x scaling factor, in chunks (a 24-frame clip at 512 px is too much for one encoder call)."""
+    parts = []
+    for start in range(0, pixels.shape[0], chunk):
+        dist = vae.encode(pixels[start:start + chunk]).latent_dist
+        parts.append(dist.sample(generator) if sample else dist.mode())
+    return torch.cat(parts) * vae.config.scaling_factor
+
+
+def sample_noise(latents: torch.Tensor, scheduler, noise_cfg, generator: torch.Generator):
+    """(noise with offset, uniform timesteps, per-sample reference-dropout mask), all from `generator`."""
+    batch, channels = latents.shape[:2]
+    noise = torch.randn(latents.shape, generator=generator)
+    if noise_cfg.noise_offset:
+        # One offset per sample and channel (shared over frames), so the model learns to shift overall brightness.
+        offset_shape = (batch, channels) + (1,) * (latents.ndim - 2)
+        noise = noise + noise_cfg.noise_offset * torch.randn(offset_shape, generator=generator)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator)
+    dropped = torch.rand(batch, generator=generator) < noise_cfg.reference_dropout
+    device = latents.device
+    return noise.to(device), timesteps.to(device), dropped.to(device)
+
+
+def min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
+    """Min-SNR-gamma weights (Hang et al. 2023) for an epsilon or v-prediction MSE loss."""
+    alphas = scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
+    snr = alphas / (1.0 - alphas).clamp(min=1e-12)
+    clipped = snr.clamp(max=gamma)
+    if prediction_type == "v_prediction":
+        return clipped / (snr + 1.0)
+    # epsilon: min(snr, gamma) / snr, which tends to 1 as snr -> 0 (zero-terminal-SNR's last step)
+    return torch.where(snr > 0, clipped / snr.clamp(min=1e-12), torch.ones_like(snr))
+
+
+def diffusion_loss(model, inputs: dict, noise, timesteps, dropped, scheduler, noise_cfg):
+    """Noise the target, predict with the Animator (dropped rows take the unconditional path), weighted MSE.
+
+    Returns (loss, prediction).
+    """
+    latents = inputs["latents"]
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    prediction = model(noisy, timesteps, inputs["ref_latents"], inputs["image_embeds"], inputs["pose_images"],
+                       drop_reference=dropped)
+    if noise_cfg.prediction_type == "v_prediction":
+        target = scheduler.get_velocity(latents, noise, timesteps)
+    else:
+        target = noise
+    per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none")
+    per_sample = per_sample.mean(dim=tuple(range(1, per_sample.ndim)))
+    if noise_cfg.snr_gamma:
+        per_sample = per_sample * min_snr_weights(scheduler, timesteps, noise_cfg.snr_gamma,
+                                                  noise_cfg.prediction_type)
+    return per_sample.mean(), prediction
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+class EpochSampler(torch.utils.data.Sampler):
+    """This process's share of a (seed, epoch)-seeded permutation, cut to whole batches; can start mid-epoch.
+
+    Every process gets the same number of batches (so DDP steps stay in lockstep) and skipping already-seen batches
+    on resume costs nothing: they are simply not yielded.
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.batches_per_epoch = (size // world_size) // batch_size
+        if self.batches_per_epoch < 1:
+            raise ConfigError(f"the dataset has {size} items: too few for batch size {batch_size} "
+                              f"on {world_size} process(es)")
+        self.epoch, self.start_batch = 0, 0
+
+    def set_position(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __iter__(self):
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 9_973 + self.epoch))
+        mine = order[self.rank::self.world_size][: self.batches_per_epoch * self.batch_size]
+        return iter(mine[self.start_batch * self.batch_size:].tolist())
+
+    def __len__(self) -> int:
+        return (self.batches_per_epoch - self.start_batch) * self.batch_size
+
+
+def make_dataset(cfg: TrainConfig, source, processor, n_frames: int | None = None, shards: bool = False,
+                 rank: int = 0, world_size: int = 1):
+    """Stage-1 frames or stage-2 clips, from a meta file/entry list or from WebDataset shards."""
+    data = cfg.data
+    frames = n_frames or data.n_frames
+    if shards:
+        from data.shards import ShardStage1Dataset, ShardStage2Dataset
+
+        if cfg.stage == 1:
+            return ShardStage1Dataset(source, data.image_size, processor, min_gap=data.min_gap, seed=cfg.seed,
+                                      rank=rank, world_size=world_size)
+        return ShardStage2Dataset(source, data.image_size, frames, data.frame_stride, processor, seed=cfg.seed,
+                                  rank=rank, world_size=world_size)
+    from data.datasets import Stage1Dataset, Stage2Dataset
+
+    if cfg.stage == 1:
+        return Stage1Dataset(source, data.image_size, processor, min_gap=data.min_gap, seed=cfg.seed)
+    return Stage2Dataset(source, data.image_size, frames, data.frame_stride, processor, seed=cfg.seed)
+
+
+def split_data(cfg: TrainConfig) -> tuple[object, list]:
+    """(training source, held-out validation entries): a meta file's last videos are held out unless
+    data.validation_meta names the held-out pairs."""
+    from data.index import load_index
+
+    held_out = load_index(cfg.data.validation_meta) if cfg.data.validation_meta else []
+    if cfg.data.shards:
+        return cfg.data.shards, held_out[: cfg.validation.num_samples]
+    entries = load_index(cfg.data.meta)
+    if not cfg.data.validation_meta and cfg.validation.num_samples > 0:
+        keep = max(1, len(entries) - cfg.validation.num_samples)
+        entries, held_out = entries[:keep], entries[keep:]
+    return entries, held_out[: cfg.validation.num_samples]
+
+
+def batch_stream(cfg: TrainConfig, dataset, sampler, accelerator, epoch: int, batch_in_epoch: int):
+    """Yield (epoch, batches done in that epoch, batch or None) forever, one epoch after another."""
+    from data.datasets import collate_skipping
+
+    while True:
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+        if sampler is not None:
+            sampler.set_position(epoch, batch_in_epoch)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=cfg.optim.train_batch_size, sampler=sampler, drop_last=True,
+            collate_fn=collate_skipping, num_workers=cfg.data.num_workers, pin_memory=torch.cuda.is_available())
+        if sampler is None and batch_in_epoch:  # streamed shards: no index to jump to, so read and drop
+            loader = accelerator.skip_first_batches(loader, batch_in_epoch)
+        for batch in loader:
+            batch_in_epoch += 1
+            yield epoch, batch_in_epoch, batch
+        epoch, batch_in_epoch = epoch + 1, 0
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+
+def list_checkpoints(output_dir) -> list[Path]:
+    """Complete checkpoints (renamed into place and holding their state file), oldest first."""
+    found = []
+    for path in Path(output_dir).glob("checkpoint-*"):
+        match = CHECKPOINT_PATTERN.match(path.name)
+        if match and path.is_dir() and (path / "training_state_0.json").is_file():
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
+
+
+def save_checkpoint(accelerator, output_dir: Path, state: dict, keep: int | None) -> Path:
+    """save_state into a hidden partial folder, then rename it: a crash mid-write leaves nothing that looks done."""
+    step = state["global_step"]
+    final = output_dir / f"checkpoint-{step}"
+    partial = output_dir / f".checkpoint-{step}.partial"
+    if accelerator.is_main_process and partial.exists():
+        shutil.rmtree(partial)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    _write_json(partial / f"training_state_{accelerator.process_index}.json", state)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(partial, final)
+        if keep is not None:
+            for old in list_checkpoints(output_dir)[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def resolve_resume(cfg: TrainConfig, output_dir: Path) -> Path | None:
+    wanted = cfg.checkpoint.resume_from_checkpoint
+    if not wanted:
+        return None
+    if wanted == "latest":
+        found = list_checkpoints(output_dir)
+        return found[-1] if found else None
+    path = Path(wanted)
+    if not (path / "training_state_0.json").is_file():
+        raise ConfigError(f"checkpoint.resume_from_checkpoint: {path} is not a complete checkpoint folder")
+    return path
+
+
+def prepare_output_dir(cfg: TrainConfig, output_dir: Path, resuming: bool, accelerator) -> None:
+    """Refuse to mix a new run into an old one unless resuming; overwrite=true clears the old run first."""
+    previous = list_checkpoints(output_dir) + [p for p in (output_dir / "model",) if p.exists()]
+    if previous and not resuming:
+        if not cfg.overwrite:
+            raise OutputExists(f"{output_dir} already holds a run ({previous[-1].name}); pass "
+                               "checkpoint.resume_from_checkpoint=latest to continue it or overwrite=true to replace it")
+        if accelerator.is_main_process:
+            for path in [*output_dir.glob("checkpoint-*"), *output_dir.glob(".checkpoint-*"),
+                         output_dir / "model", output_dir / "validation", output_dir / "logs"]:
+                shutil.rmtree(path, ignore_errors=True)
+            (output_dir / "train_log.jsonl").unlink(missing_ok=True)
+    accelerator.wait_for_everyone()
+
+
+def _write_json(path: Path, payload) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------------ set-up
+
+def make_accelerator(cfg: TrainConfig, output_dir: Path):
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    on_gpu = torch.cuda.is_available()
+    # cpu=True keeps `--multi_gpu` launches working on CPU-only machines (gloo), but it would also turn DeepSpeed
+    # off, and DeepSpeed finds the CPU by itself.
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    log_with = {"none": None, "all": "all"}.get(cfg.report_to, cfg.report_to)
+    return Accelerator(
+        gradient_accumulation_steps=cfg.optim.gradient_accumulation_steps,
+        mixed_precision=cfg.optim.mixed_precision if on_gpu else "no",  # CPU runs are fp32
+        log_with=log_with, cpu=not on_gpu and not deepspeed,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")))
+
+
+def forget_accelerator() -> None:
+    """Let a later `run` in the same (single) process build an Accelerator with other settings."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    if not PartialState().use_distributed:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+
+
+def make_optimizer(cfg: TrainConfig, params: list, world_size: int):
+    optim = cfg.optim
+    lr = optim.learning_rate
+    if optim.scale_lr:
+        lr *= optim.train_batch_size * optim.gradient_accumulation_steps * world_size
+    optimizer_class = torch.optim.AdamW
+    if optim.use_8bit_adam:
+        try:
+            import bitsandbytes
+        except ImportError:
+            raise ConfigError("optim.use_8bit_adam needs bitsandbytes (pip install bitsandbytes, CUDA only)") from None
+        optimizer_class = bitsandbytes.optim.AdamW8bit
+    return optimizer_class(params, lr=lr, betas=(optim.adam_beta1, optim.adam_beta2),
+                           weight_decay=optim.adam_weight_decay, eps=optim.adam_epsilon)
+
+
+def stage_module(stage: int):
+    import importlib
+
+    return importlib.import_module(f"train.stage{stage}")
+
+
+def prepare_synthetic_data(cfg: TrainConfig) -> None:
+    """Tiny configs: generate the synthetic data set at data.meta's folder when it is missing."""
+    if cfg.data.synthetic_videos > 0 and cfg.data.meta and not Path(cfg.data.meta).exists():
+        from data.synth import ensure_synthetic_dataset
+
+        meta = Path(cfg.data.meta)
+        if meta.name != "meta.json":
+            raise ConfigError(f"data.meta must end in meta.json to generate synthetic data there, got {meta}")
+        ensure_synthetic_dataset(meta.parent, videos=cfg.data.synthetic_videos, frames=cfg.data.synthetic_frames,
+                                 size=cfg.data.synthetic_size, seed=cfg.seed)
+
+
+# ------------------------------------------------------------------------------------------------ the run
+
+def run(cfg: TrainConfig, stage=None) -> TrainResult:
+    """Train one stage as `cfg` says; returns where the outputs went and the loss of every step.
+
+    Works the same under `accelerate launch` (any number of processes, DeepSpeed) and from plain Python.
+    """
+    stage = stage or stage_module(cfg.stage)
+    output_dir = Path(cfg.output_dir)
+    accelerator = make_accelerator(cfg, output_dir)
+    try:
+        return _train(cfg, stage, accelerator, output_dir)
+    finally:
+        accelerator.end_training()
+        forget_accelerator()
+
+
+def _train(cfg: TrainConfig, stage, accelerator, output_dir: Path) -> TrainResult:
+    from diffusers.optimization import get_scheduler
+    from tqdm.auto import tqdm
+
+    from train.validation import render_validation
+
+    main = accelerator.is_main_process
+    device = accelerator.device
+    resume_from = resolve_resume(cfg, output_dir)
+    prepare_output_dir(cfg, output_dir, resume_from is not None, accelerator)
+    if torch.cuda.is_available() and cfg.optim.allow_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+
+    # 1. Assets (tiny configs create theirs once, on the main process), frozen parts and the trainable Animator.
+    with accelerator.main_process_first():
+        if main:
+            stage.prepare_assets(cfg)
+            prepare_synthetic_data(cfg)
+    torch.manual_seed(cfg.seed)  # any freshly initialised weights (Pose Guider) are the same in every process
+    frozen = stage.load_frozen(cfg)
+    animator = stage.build_animator(cfg)
+    half = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    for part in (frozen.vae, frozen.image_encoder):  # frozen: half precision on GPU, never trained
+        part.requires_grad_(False).to(device, dtype=half).eval()
+    if cfg.optim.gradient_checkpointing:
+        animator.enable_gradient_checkpointing()
+    params = [p for p in animator.parameters() if p.requires_grad]
+    trainable_count = sum(p.numel() for p in params)
+
+    # 2. Data: a per-process sampler over the training videos; a few held-out pairs for validation.
+    train_source, held_out = split_data(cfg)
+    shards = bool(cfg.data.shards)
+    dataset = make_dataset(cfg, train_source, frozen.feature_extractor, shards=shards,
+                           rank=accelerator.process_index, world_size=accelerator.num_processes)
+    sampler = None if shards else EpochSampler(len(dataset), cfg.optim.train_batch_size, cfg.seed,
+                                               accelerator.process_index, accelerator.num_processes)
+    validation_items = []
+    if main and held_out and cfg.validation.num_samples > 0:
+        frames = cfg.validation.frames if cfg.stage == 2 else None
+        validation_set = make_dataset(cfg, held_out, frozen.feature_extractor, n_frames=frames)
+        validation_items = [item for item in (validation_set[i] for i in range(len(validation_set)))
+                            if item is not None]
+
+    # 3. Optimiser, LR schedule, EMA; accelerate wraps the one trainable module (DDP / DeepSpeed).
+    optimizer = make_optimizer(cfg, params, accelerator.num_processes)
+    lr_scheduler = get_scheduler(cfg.optim.lr_scheduler, optimizer,
+                                 num_warmup_steps=cfg.optim.lr_warmup_steps * accelerator.num_processes,
+                                 num_training_steps=cfg.optim.max_train_steps * accelerator.num_processes)
+    deepspeed = getattr(accelerator.state, "deepspeed_plugin", None)
+    if deepspeed is not None:  # no dataloader goes through prepare(), so tell DeepSpeed the micro-batch size
+        deepspeed.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.optim.train_batch_size
+    model, optimizer, lr_scheduler = accelerator.prepare(animator, optimizer, lr_scheduler)
+    ema = None
+    if cfg.optim.use_ema:
+        from diffusers.training_utils import EMAModel
+
+        ema = EMAModel(params, decay=cfg.optim.ema_decay)
+        ema.to(device)
+        accelerator.register_for_checkpointing(ema)
+
+    # 4. Resume: weights, optimiser, LR schedule (accelerate) + step and data position (our state file).
+    state = {"global_step": 0, "epoch": 0, "batch_in_epoch": 0, "skipped_samples": 0, "nonfinite_steps": 0}
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from))
+        own = resume_from / f"training_state_{accelerator.process_index}.json"
+        state.update(json.loads((own if own.is_file() else resume_from / "training_state_0.json").read_text()))
+        accelerator.print(f"resumed from {resume_from} at step {state['global_step']}")
+    elif cfg.checkpoint.resume_from_checkpoint == "latest":
+        accelerator.print(f"no checkpoint in {output_dir}: starting a new run")
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if main and cfg.report_to != "none":
+        accelerator.init_trackers(cfg.tracker_project, config=as_flat_dict(cfg))
+    accelerator.print(f"stage {cfg.stage}: {trainable_count / 1e6:.2f} M trainable parameters, "
+                      f"{accelerator.num_processes} process(es), batch {cfg.optim.train_batch_size} x "
+                      f"{cfg.optim.gradient_accumulation_steps} accumulation, {cfg.optim.max_train_steps} steps")
+
+    # 5. The loop. One iteration = one micro-batch; an optimiser step every gradient_accumulation_steps.
+    result = TrainResult(output_dir=output_dir, model_dir=None)
+    stop_at = min(cfg.optim.max_train_steps, cfg.stop_at_step or cfg.optim.max_train_steps)
+    progress = tqdm(total=cfg.optim.max_train_steps, initial=state["global_step"], disable=not main,
+                    desc=f"stage {cfg.stage}", unit="step", dynamic_ncols=True)
+    stream = batch_stream(cfg, dataset, sampler, accelerator, state["epoch"], state["batch_in_epoch"])
+    window_loss, micro_step, bad_window, consecutive_bad = 0.0, 0, False, 0
+    log_path = output_dir / "train_log.jsonl"
+    model.train()
+    while state["global_step"] < stop_at:
+        epoch, batch_in_epoch, batch = next(stream)
+        state["epoch"], state["batch_in_epoch"] = epoch, batch_in_epoch
+        # Bad files: the dataset returned None for them; a batch is used only if every process has one.
+        size = cfg.optim.train_batch_size
+        skipped = size if batch is None else int(batch["num_skipped"])
+        counts = accelerator.reduce(torch.tensor([skipped, float(batch is None)], device=device), "sum")
+        state["skipped_samples"] += int(counts[0])
+        if counts[1] > 0:
+            continue
+
+        with accelerator.accumulate(model):
+            generator = step_generator(cfg.seed, accelerator.process_index, state["global_step"], micro_step)
+            inputs = encode_batch(batch, frozen, device, generator)
+            noise, timesteps, dropped = sample_noise(inputs["latents"], frozen.scheduler, cfg.noise, generator)
+            loss, _ = diffusion_loss(model, inputs, noise, timesteps, dropped, frozen.scheduler, cfg.noise)
+            # All processes must agree to skip, or DDP would wait forever for the skipper's gradients.
+            finite = accelerator.reduce(torch.isfinite(loss.detach()).float(), "sum") == accelerator.num_processes
+            if finite:
+                accelerator.backward(loss)
+                window_loss += loss.detach().item()
+            else:
+                bad_window = True
+            micro_step += 1
+            if accelerator.sync_gradients and not bad_window:
+                accelerator.clip_grad_norm_(params, cfg.optim.max_grad_norm)
+                optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        if not accelerator.sync_gradients:
+            continue
+
+        # One optimiser step done (or skipped for a non-finite loss).
+        state["global_step"] += 1
+        step = state["global_step"]
+        progress.update(1)
+        if bad_window:
+            state["nonfinite_steps"] += 1
+            consecutive_bad += 1
+            accelerator.log({"nonfinite_steps": state["nonfinite_steps"]}, step=step)
+            if consecutive_bad >= cfg.checkpoint.max_consecutive_nonfinite:
+                last = list_checkpoints(output_dir)
+                raise TrainingDiverged(
+                    f"{consecutive_bad} non-finite losses in a row at step {step}: stopping. Last good checkpoint: "
+                    f"{last[-1] if last else 'none'} (lower optim.learning_rate, or use bf16 instead of fp16)")
+        else:
+            consecutive_bad = 0
+            if ema is not None:
+                ema.step(params)
+            mean_loss = accelerator.reduce(torch.tensor(window_loss / micro_step, device=device), "mean").item()
+            result.losses[step] = mean_loss
+            logs = {"loss": mean_loss, "lr": lr_scheduler.get_last_lr()[0],
+                    "skipped_samples": state["skipped_samples"], "nonfinite_steps": state["nonfinite_steps"]}
+            accelerator.log(logs, step=step)
+            progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{logs['lr']:.1e}")
+            if main and (step % cfg.log_every == 0 or step == stop_at):
+                with open(log_path, "a") as log_file:
+                    log_file.write(json.dumps({"step": step, **logs, "time": time.time()}) + "\n")
+        window_loss, micro_step, bad_window = 0.0, 0, False
+
+        if step % cfg.checkpoint.checkpointing_steps == 0 and consecutive_bad == 0:  # never mid-divergence
+            saved = save_checkpoint(accelerator, output_dir, state, cfg.checkpoint.checkpoints_total_limit)
+            accelerator.print(f"\nsaved {saved}")
+        if cfg.validation.validation_steps and step % cfg.validation.validation_steps == 0 and step < stop_at:
+            if main and validation_items:
+                result.validation_media += render_validation(accelerator.unwrap_model(model), frozen,
+                                                             validation_items, cfg, step, accelerator)
+            accelerator.wait_for_everyone()
+    progress.close()
+    result.skipped_samples, result.nonfinite_steps = state["skipped_samples"], state["nonfinite_steps"]
+
+    # 6. The end: final validation and the exported model folder (with the training scheduler), or an early stop.
+    accelerator.wait_for_everyone()
+    if state["global_step"] < cfg.optim.max_train_steps:
+        accelerator.print(f"stopped at step {state['global_step']} (stop_at_step); checkpoints in {output_dir}")
+        return result
+    trained = accelerator.unwrap_model(model)
+    if ema is not None:
+        ema.copy_to(params)
+    result.model_dir = output_dir / "model"
+    if main:
+        if validation_items:
+            result.validation_media += render_validation(trained, frozen, validation_items, cfg,
+                                                         state["global_step"], accelerator)
+        export(cfg, stage, trained, result.model_dir)
+    accelerator.wait_for_everyone()
+    if main:
+        print(f"checkpoints: {output_dir}/checkpoint-*   logs: {output_dir / 'logs'}   log: {log_path}")
+        if result.validation_media:
+            print(f"validation samples: {output_dir / 'validation'}")
+        print(f"trained model folder: {result.model_dir}")
+    return result
+
+
+def export(cfg: TrainConfig, stage, animator, model_dir: Path) -> Path:
+    """The model folder inference loads: Animator + VAE, image encoder, preprocessor and the training scheduler."""
+    from models.export import export_model_folder
+
+    fresh = stage.load_frozen(cfg)  # full-precision copies from disk (the training copies may be fp16)
+    animator = animator.to("cpu") if animator.device.type != "cpu" else animator
+    return export_model_folder(model_dir, animator, fresh.vae, fresh.image_encoder, fresh.feature_extractor,
+                               fresh.scheduler)
+
+
+# ------------------------------------------------------------------------------------------------ scripts
+
+def main(stage: int, argv=None) -> int:
+    """`python train/stageN.py --config FILE [key=value ...]`, also under `accelerate launch`."""
+    import argparse
+    import sys
+
+    from models.loading import MissingWeightsError
+
+    parser = argparse.ArgumentParser(
+        prog=f"train/stage{stage}.py",
+        description=f"Marionet stage-{stage} training. Overrides use dotted keys, e.g. optim.learning_rate=2e-5 "
+                    "data.image_size=512 checkpoint.resume_from_checkpoint=latest")
+    parser.add_argument("--config", required=True, help=f"YAML config, e.g. configs/stage{stage}.yaml")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides of the config")
+    args = parser.parse_args(argv)
+    from train.config import load_config
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if cfg.stage != stage:
+            raise ConfigError(f"{args.config} is a stage-{cfg.stage} config; run train/stage{cfg.stage}.py")
+        run(cfg)
+    except (ConfigError, MissingWeightsError, OutputExists, FileNotFoundError) as error:
+        print(f"stage{stage}: error: {error}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as error:
+        print(f"stage{stage}: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+__all__ = ["Frozen", "TrainResult", "TrainingDiverged", "OutputExists", "run", "main", "make_training_scheduler",
+           "encode_batch", "sample_noise", "diffusion_loss", "min_snr_weights", "EpochSampler", "list_checkpoints"]
