@@ -23,11 +23,12 @@ def _to_tensor(frames: np.ndarray) -> torch.Tensor:
 
 
 def fit_autoencoder(vae: AutoencoderKL, frames: np.ndarray, steps: int, batch_size: int = 16, lr: float = 1e-3,
-                    kl_weight: float = 1e-6, seed: int = 0, time_budget_s: float | None = None,
-                    progress: bool = True) -> list[float]:
+                    kl_weight: float = 1e-6, seed: int = 0, crop_size: int | None = None,
+                    time_budget_s: float | None = None, progress: bool = True) -> list[float]:
     """Train `vae` in place to reconstruct `frames` (uint8 N x H x W x 3); returns the loss per step.
 
-    Stops after `steps` or `time_budget_s`, whichever comes first, so a demo phase keeps to its budget.
+    `crop_size` trains on random square crops (cheaper steps; an autoencoder without attention is convolutional,
+    so it still applies to whole frames). Stops after `steps` or `time_budget_s`, whichever comes first.
     """
     data = _to_tensor(frames)
     generator = torch.Generator().manual_seed(seed)
@@ -39,10 +40,14 @@ def fit_autoencoder(vae: AutoencoderKL, frames: np.ndarray, steps: int, batch_si
     bar = tqdm(range(steps), desc="stage 0: autoencoder", disable=not progress)
     for _ in bar:
         batch = data[torch.randint(0, len(data), (batch_size,), generator=generator)]
+        if crop_size:
+            y, x = (int(v) for v in torch.randint(0, data.shape[-1] - crop_size + 1, (2,), generator=generator))
+            batch = batch[..., y:y + crop_size, x:x + crop_size]
         posterior = vae.encode(batch).latent_dist
         latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
         reconstruction = vae.decode(latents).sample
-        loss = F.mse_loss(reconstruction, batch) + kl_weight * posterior.kl().mean()
+        # L1 + L2: L1 keeps edges sharper on flat-coloured puppets, L2 is what PSNR measures.
+        loss = F.l1_loss(reconstruction, batch) + F.mse_loss(reconstruction, batch) + kl_weight * posterior.kl().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

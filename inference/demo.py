@@ -1,0 +1,205 @@
+"""`marionet demo`: the one-command, offline, CPU-only proof that the system learns.
+
+1. synthetic puppet videos: a training set and a held-out set (other seeds: unseen puppets, unseen motions);
+2. tiny components; "stage 0" fits the tiny autoencoder to puppet frames (SD1.5 users never need this);
+3. stage 1 and stage 2 training through the same training core and config mechanism as train/stage1.py and
+   train/stage2.py (configs/tiny/*.yaml plus overrides), with checkpoints and TensorBoard logs;
+4. `compare` on the held-out set: trained-stage2, trained-stage1, zero-shot (on the trained backbone), pose-only;
+5. prints the table, the elapsed time per phase and where the report is.
+
+The sizes below were chosen so that learning happens inside the time budget on 2 CPU cores; docs/benchmarks.md
+records the measured numbers for these choices.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class DemoSettings:
+    size: int = 64                       # frame size in pixels (square)
+    train_videos: int = 32
+    train_frames: int = 48
+    heldout_videos: int = 6
+    heldout_frames: int = 24
+    # stage 0: tiny autoencoder (4x downsampling -> 16x16 latents at 64 px)
+    vae_channels: tuple = (16, 32, 32)
+    vae_steps: int = 1500
+    vae_batch: int = 16
+    vae_crop: int = 32                   # trains on random crops: the network is convolutional
+    # tiny UNet / CLIP / Pose Guider (factor 4, like the VAE)
+    unet_channels: tuple = (32, 64)
+    pose_guider_channels: tuple = (8, 16, 32)
+    # stage 1 (frames) and stage 2 (clips, motion modules only)
+    stage1_steps: int = 800
+    stage1_batch: int = 8
+    stage1_lr: float = 5e-4
+    stage2_steps: int = 150
+    stage2_batch: int = 2
+    stage2_frames: int = 8
+    stage2_lr: float = 5e-4
+    # comparison
+    compare_videos: int = 6
+    compare_frames: int = 16
+    inference_steps: int = 20
+    seed: int = 0
+
+
+QUICK = dict(train_videos=4, train_frames=24, heldout_videos=2, heldout_frames=12, vae_steps=30,
+             stage1_steps=10, stage1_batch=2, stage2_steps=4, stage2_batch=1, stage2_frames=4,
+             compare_videos=1, compare_frames=4, inference_steps=3)
+
+METHOD_ORDER = ("trained-stage2", "trained-stage1", "zero-shot", "pose-only")
+
+
+class PhaseClock:
+    """Elapsed time per phase, printed as each one ends."""
+
+    def __init__(self):
+        self.phases: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    def run(self, name: str, work):
+        print(f"\n== {name} ==", flush=True)
+        start = time.perf_counter()
+        result = work()
+        self.phases[name] = round(time.perf_counter() - start, 1)
+        print(f"-- {name}: {self.phases[name]:.1f} s", flush=True)
+        return result
+
+    @property
+    def total(self) -> float:
+        return round(time.perf_counter() - self._start, 1)
+
+
+def make_data(settings: DemoSettings, out: Path) -> tuple[Path, Path]:
+    from data.synth import generate_dataset
+
+    train = generate_dataset(out / "data" / "train", settings.train_videos, settings.train_frames, settings.size,
+                             seed=settings.seed)
+    heldout = generate_dataset(out / "data" / "heldout", settings.heldout_videos, settings.heldout_frames,
+                               settings.size, seed=settings.seed + 1000)
+    return Path(train), Path(heldout)
+
+
+def load_frames(meta: Path, every: int = 1):
+    import numpy as np
+
+    from data.index import load_index
+    from data.video import read_video
+
+    return np.concatenate([read_video(entry["video_path"])[::every] for entry in load_index(meta)])
+
+
+def make_base(settings: DemoSettings, train_meta: Path, heldout_meta: Path, out: Path) -> dict:
+    """Tiny base folder in the SD1.5 layout, with an autoencoder fitted to the puppets (stage 0)."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    from models.tiny import build_tiny_components, save_base_folder, tiny_vae_config
+    from train.autoencoder import fit_autoencoder, reconstruction_psnr, set_latent_scaling
+
+    parts = build_tiny_components(seed=settings.seed, with_motion=True, unet_channels=settings.unet_channels,
+                                  vae_channels=settings.vae_channels,
+                                  pose_guider_channels=settings.pose_guider_channels)
+    parts.pop("pose_guider")  # stage 1 builds it from model.pose_guider_channels
+    torch.manual_seed(settings.seed)
+    # No attention in the autoencoder's mid block: purely convolutional, so it can train on crops.
+    vae = AutoencoderKL(**tiny_vae_config(settings.vae_channels), mid_block_add_attention=False)
+    frames = load_frames(train_meta)
+    losses = fit_autoencoder(vae, frames, steps=settings.vae_steps, batch_size=settings.vae_batch, lr=3e-3,
+                             seed=settings.seed, crop_size=settings.vae_crop)
+    scaling = set_latent_scaling(vae, frames[::5])
+    psnr = reconstruction_psnr(vae, load_frames(heldout_meta))
+    print(f"stage 0: autoencoder reconstruction PSNR on held-out frames: {psnr:.2f} dB "
+          f"({len(losses)} steps, latent scaling factor {scaling:.3f})")
+    parts["vae"] = vae
+    base = out / "base"
+    save_base_folder(parts, base)
+    return {"reconstruction_psnr_db": round(psnr, 2), "steps": len(losses), "scaling_factor": round(scaling, 4),
+            "final_loss": round(losses[-1], 4)}
+
+
+def train_stage(stage: int, settings: DemoSettings, out: Path, train_meta: Path, heldout_meta: Path):
+    from train.config import load_config
+    from train.core import run
+
+    common = [
+        f"output_dir={out / f'stage{stage}'}", f"seed={settings.seed}", "tiny.enabled=false",
+        f"model.base_model={out / 'base'}", f"data.meta={train_meta}", f"data.validation_meta={heldout_meta}",
+        f"data.image_size={settings.size}", "data.synthetic_videos=0", "log_every=25",
+    ]
+    if stage == 1:
+        overrides = common + [
+            f"model.pose_guider_channels=[{','.join(map(str, settings.pose_guider_channels))}]",
+            f"optim.train_batch_size={settings.stage1_batch}", f"optim.learning_rate={settings.stage1_lr}",
+            f"optim.max_train_steps={settings.stage1_steps}",
+            f"checkpoint.checkpointing_steps={max(1, settings.stage1_steps // 2)}",
+            f"validation.validation_steps={settings.stage1_steps}", "data.min_gap=8",
+        ]
+    else:
+        overrides = common + [
+            f"model.stage1_model={out / 'stage1' / 'model'}", f"model.motion_module={out / 'base' / 'motion_adapter'}",
+            f"optim.train_batch_size={settings.stage2_batch}", f"optim.learning_rate={settings.stage2_lr}",
+            f"optim.max_train_steps={settings.stage2_steps}", f"data.n_frames={settings.stage2_frames}",
+            f"validation.frames={settings.stage2_frames}",
+            f"checkpoint.checkpointing_steps={max(1, settings.stage2_steps // 2)}",
+            f"validation.validation_steps={settings.stage2_steps}",
+        ]
+    config = load_config(REPO / "configs" / "tiny" / f"stage{stage}.yaml", overrides)
+    result = run(config)
+    losses = list(result.losses.values())
+    window = max(1, len(losses) // 10)
+    first, last = sum(losses[:window]) / window, sum(losses[-window:]) / window
+    print(f"stage {stage}: mean loss of the first {window} steps {first:.4f} -> last {window} steps {last:.4f}")
+    return {"model": str(result.model_dir), "loss_first": round(first, 4), "loss_last": round(last, 4),
+            "steps": len(losses)}
+
+
+def compare(settings: DemoSettings, out: Path, heldout_meta: Path) -> dict:
+    from inference.compare import run_comparison
+
+    stage1, stage2 = out / "stage1" / "model", out / "stage2" / "model"
+    methods = [f"trained-stage2=trained:model={stage2}", f"trained-stage1=trained:model={stage1}",
+               f"zero-shot=zero-shot:model={stage1}", f"pose-only=pose-only:model={stage1}"]
+    return run_comparison(heldout_meta, methods, out / "report", videos=settings.compare_videos,
+                          frames=settings.compare_frames, steps=settings.inference_steps, seed=settings.seed,
+                          overwrite=True)
+
+
+def run_demo(out_dir, quick: bool = False, overwrite: bool = False, **overrides) -> dict:
+    """Run every phase; returns a summary (also written to OUT/demo.json)."""
+    from marionet import UserError
+
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise UserError(f"{out} exists and is not empty (use --overwrite to replace it)")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = DemoSettings(**{**(QUICK if quick else {}), **overrides})
+    clock = PhaseClock()
+    train_meta, heldout_meta = clock.run("data: synthetic puppets", lambda: make_data(settings, out))
+    stage0 = clock.run("stage 0: tiny autoencoder", lambda: make_base(settings, train_meta, heldout_meta, out))
+    stage1 = clock.run("stage 1: ReferenceNet + denoising UNet + Pose Guider",
+                       lambda: train_stage(1, settings, out, train_meta, heldout_meta))
+    stage2 = clock.run("stage 2: motion modules", lambda: train_stage(2, settings, out, train_meta, heldout_meta))
+    report = clock.run("compare on held-out puppets", lambda: compare(settings, out, heldout_meta))
+
+    summary = {"settings": dataclasses.asdict(settings), "quick": quick, "stage0": stage0, "stage1": stage1,
+               "stage2": stage2, "phases_s": clock.phases, "total_s": clock.total,
+               "report": str(out / "report" / "report.md"), "cpu_threads": os.cpu_count()}
+    (out / "demo.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print("\n" + (out / "report" / "report.md").read_text())
+    print("elapsed per phase: " + ", ".join(f"{k} {v:.0f} s" for k, v in clock.phases.items())
+          + f"; total {clock.total:.0f} s")
+    print(f"report: {out / 'report' / 'report.md'}\nsummary: {out / 'demo.json'}")
+    return summary
