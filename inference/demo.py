@@ -32,11 +32,13 @@ class DemoSettings:
     heldout_frames: int = 24
     # stage 0: tiny autoencoder (4x downsampling -> 16x16 latents at 64 px)
     vae_channels: tuple = (16, 32, 32)
-    vae_steps: int = 1500
+    vae_norm_groups: int = 4             # 4 channels per group: per-channel GroupNorm would erase colour
+    vae_steps: int = 2000
     vae_batch: int = 16
     vae_crop: int = 32                   # trains on random crops: the network is convolutional
     # tiny UNet / CLIP / Pose Guider (factor 4, like the VAE)
     unet_channels: tuple = (32, 64)
+    norm_num_groups: int = 8             # UNet and motion modules: 4 channels per group at the first width
     pose_guider_channels: tuple = (8, 16, 32)
     # stage 1 (frames) and stage 2 (clips, motion modules only)
     stage1_steps: int = 800
@@ -46,6 +48,7 @@ class DemoSettings:
     stage2_batch: int = 2
     stage2_frames: int = 8
     stage2_lr: float = 5e-4
+    frame_noise_correlation: float = 1.0  # stage 2 noise prior: frames share their noise, as the image model's do
     # comparison
     compare_videos: int = 6
     compare_frames: int = 16
@@ -108,12 +111,13 @@ def make_base(settings: DemoSettings, train_meta: Path, heldout_meta: Path, out:
     from train.autoencoder import fit_autoencoder, reconstruction_psnr, set_latent_scaling
 
     parts = build_tiny_components(seed=settings.seed, with_motion=True, unet_channels=settings.unet_channels,
-                                  vae_channels=settings.vae_channels,
+                                  vae_channels=settings.vae_channels, norm_num_groups=settings.norm_num_groups,
                                   pose_guider_channels=settings.pose_guider_channels)
     parts.pop("pose_guider")  # stage 1 builds it from model.pose_guider_channels
     torch.manual_seed(settings.seed)
     # No attention in the autoencoder's mid block: purely convolutional, so it can train on crops.
-    vae = AutoencoderKL(**tiny_vae_config(settings.vae_channels), mid_block_add_attention=False)
+    vae = AutoencoderKL(**tiny_vae_config(settings.vae_channels, settings.vae_norm_groups,
+                                          mid_block_attention=False))
     frames = load_frames(train_meta)
     losses = fit_autoencoder(vae, frames, steps=settings.vae_steps, batch_size=settings.vae_batch, lr=3e-3,
                              seed=settings.seed, crop_size=settings.vae_crop)
@@ -151,6 +155,7 @@ def train_stage(stage: int, settings: DemoSettings, out: Path, train_meta: Path,
             f"optim.train_batch_size={settings.stage2_batch}", f"optim.learning_rate={settings.stage2_lr}",
             f"optim.max_train_steps={settings.stage2_steps}", f"data.n_frames={settings.stage2_frames}",
             f"validation.frames={settings.stage2_frames}",
+            f"noise.frame_noise_correlation={settings.frame_noise_correlation}",
             f"checkpoint.checkpointing_steps={max(1, settings.stage2_steps // 2)}",
             f"validation.validation_steps={settings.stage2_steps}",
         ]

@@ -131,11 +131,13 @@ class PoseToVideoPipeline(DiffusionPipeline):
     _optional_components = ["motion_adapter"]
 
     def __init__(self, reference_unet, denoising_unet, pose_guider, vae, image_encoder, feature_extractor,
-                 scheduler, motion_adapter=None):
+                 scheduler, motion_adapter=None, frame_noise_correlation: float = 0.0):
         super().__init__()
         self.register_modules(reference_unet=reference_unet, denoising_unet=denoising_unet, pose_guider=pose_guider,
                               vae=vae, image_encoder=image_encoder, feature_extractor=feature_extractor,
                               scheduler=scheduler, motion_adapter=motion_adapter)
+        # How the video model's training noise was drawn (model_index.json); initial noise is drawn the same way.
+        self.register_to_config(frame_noise_correlation=float(frame_noise_correlation))
         self.animator = Animator(reference_unet, denoising_unet, pose_guider, motion_adapter)
         if motion_adapter is not None:
             _share_parameters(self.animator.denoising_unet, denoising_unet, motion_adapter)
@@ -176,6 +178,9 @@ class PoseToVideoPipeline(DiffusionPipeline):
         for name, load in loaders.items():
             if name not in components:
                 components[name] = load(root / name)
+        index_path = root / "model_index.json"
+        index = json.loads(index_path.read_text()) if index_path.is_file() else {}
+        components.setdefault("frame_noise_correlation", float(index.get("frame_noise_correlation", 0.0)))
         return cls(**components)
 
     def to(self, *args, **kwargs) -> "PoseToVideoPipeline":
@@ -231,23 +236,31 @@ class PoseToVideoPipeline(DiffusionPipeline):
                         reroll_mask=None, reroll_seed: int | None = None) -> torch.Tensor:
         """Initial noise (1, 4, F, h, w), unscaled, drawn on the CPU so a seed gives the same video on any device.
 
-        An image model shares one noise over all frames. With `reroll_mask` ((H, W) or (F, H, W), values > 0.5 or
+        An image model shares one noise over all frames; a video model draws each frame's noise with the
+        frame correlation it was trained with (model_index.json). With `reroll_mask` ((H, W) or (F, H, W), values > 0.5 or
         True re-roll), noise under the mask (any latent cell touching it) is re-drawn from `reroll_seed`.
         """
         h, w = height // self.vae_scale_factor, width // self.vae_scale_factor
         channels = self.animator.denoising_unet.config.in_channels
-        shared = not self.is_video_model
-        shape = (1, channels, 1 if shared else num_frames, h, w)
-        noise = torch.randn(shape, generator=generator, dtype=torch.float32)
+        rho = self.config.frame_noise_correlation if self.is_video_model else 1.0
+
+        def draw(gen: torch.Generator) -> torch.Tensor:
+            if rho >= 1.0:
+                return torch.randn((1, channels, 1, h, w), generator=gen).expand(1, channels, num_frames, h, w)
+            noise = torch.randn((1, channels, num_frames, h, w), generator=gen)
+            if rho > 0.0:  # the correlated frame noise the video model was trained with
+                common = torch.randn((1, channels, 1, h, w), generator=gen)
+                noise = rho ** 0.5 * common + (1.0 - rho) ** 0.5 * noise
+            return noise
+
+        noise = draw(generator)
         if reroll_mask is not None:
             if reroll_seed is None:
                 raise ValueError("reroll_mask needs a reroll_seed (a different seed draws the new noise)")
             mask = self.latent_mask(reroll_mask, num_frames, height, width)  # (F, h, w) bool
-            fresh = torch.randn(shape, generator=torch.Generator().manual_seed(int(reroll_seed)))
-            noise = noise.expand(1, channels, num_frames, h, w)
-            fresh = fresh.expand(1, channels, num_frames, h, w)
+            fresh = draw(torch.Generator().manual_seed(int(reroll_seed)))
             return torch.where(mask[None, None], fresh, noise).contiguous()
-        return noise.expand(1, channels, num_frames, h, w).contiguous()
+        return noise.contiguous()
 
     def latent_mask(self, mask, num_frames: int, height: int, width: int) -> torch.Tensor:
         """A pixel mask ((H, W) or (F, H, W), image/array/tensor) -> bool (F, h, w) at latent resolution."""

@@ -5,7 +5,8 @@
       reference_unet/ denoising_unet/ pose_guider/ [motion_adapter/]    # the Animator
       vae/ image_encoder/ feature_extractor/ scheduler/                 # frozen parts + the training schedule
 
-The scheduler saved here is the one training used, so inference samples with the schedule the model learned.
+The scheduler saved here is the one training used, so inference samples with the schedule the model learned; the same
+holds for the frame-noise correlation recorded in model_index.json.
 """
 from __future__ import annotations
 
@@ -28,11 +29,14 @@ def _library_and_class(obj) -> list:
     return [module, name]
 
 
-def write_model_index(out_dir, components: dict) -> Path:
+def write_model_index(out_dir, components: dict, config: dict | None = None) -> Path:
+    """model_index.json: each component's library and class, plus plain pipeline config values (as SD1.5's
+    `requires_safety_checker`), such as the frame-noise correlation the model was trained with."""
     import diffusers
 
     index = {"_class_name": PIPELINE_CLASS, "_diffusers_version": diffusers.__version__}
     index.update({name: _library_and_class(obj) for name, obj in components.items()})
+    index.update(config or {})
     path = Path(out_dir) / "model_index.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(index, indent=2) + "\n")
@@ -40,8 +44,13 @@ def write_model_index(out_dir, components: dict) -> Path:
     return path
 
 
-def export_model_folder(out_dir, animator: Animator, vae, image_encoder, feature_extractor, scheduler) -> Path:
-    """Write a complete model folder (safetensors), each part moved into place only when fully written."""
+def export_model_folder(out_dir, animator: Animator, vae, image_encoder, feature_extractor, scheduler,
+                        frame_noise_correlation: float = 0.0) -> Path:
+    """Write a complete model folder (safetensors), each part moved into place only when fully written.
+
+    frame_noise_correlation: the share of noise variance common to all frames of a clip that a video model was
+    trained with (0 = independent noise per frame, AnimateDiff's default); inference draws its noise the same way.
+    """
     out = Path(out_dir)
     animator.save_pretrained(out)
     frozen = {"vae": vae, "image_encoder": image_encoder, "feature_extractor": feature_extractor,
@@ -56,5 +65,5 @@ def export_model_folder(out_dir, animator: Animator, vae, image_encoder, feature
     components = {"reference_unet": animator.reference_unet,
                   "denoising_unet": animator.reference_unet,  # a UNet2DConditionModel on disk either way
                   "pose_guider": animator.pose_guider, "motion_adapter": motion, **frozen}
-    write_model_index(out, components)
+    write_model_index(out, components, {"frame_noise_correlation": float(frame_noise_correlation)})
     return out

@@ -22,23 +22,30 @@ TINY_WIDTH = 32  # UNet first-block width == cross-attention (CLIP projection) w
 
 
 def tiny_unet_config(block_out_channels=(32, 64), layers_per_block: int = 1, cross_attention_dim: int = TINY_WIDTH,
-                     sample_size: int = 8) -> dict:
+                     sample_size: int = 8, norm_num_groups: int | None = None) -> dict:
     return dict(
         sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=layers_per_block,
         block_out_channels=tuple(block_out_channels),
         down_block_types=("CrossAttnDownBlock2D",) * len(block_out_channels),
         up_block_types=("CrossAttnUpBlock2D",) * len(block_out_channels),
-        cross_attention_dim=cross_attention_dim, attention_head_dim=8, norm_num_groups=min(32, block_out_channels[0]),
+        cross_attention_dim=cross_attention_dim, attention_head_dim=8,
+        norm_num_groups=norm_num_groups or min(32, block_out_channels[0]),
     )
 
 
-def tiny_vae_config(block_out_channels=(32, 32, 64, 64)) -> dict:
-    """Four blocks give SD's 8x downsampling, so pose images and latents relate exactly as in SD1.5."""
+def tiny_vae_config(block_out_channels=(32, 32, 64, 64), norm_num_groups: int | None = None,
+                    mid_block_attention: bool = True) -> dict:
+    """Four blocks give SD's 8x downsampling, so pose images and latents relate exactly as in SD1.5.
+
+    With as many groups as channels, GroupNorm removes every channel's mean — the colour — at each layer; models
+    meant to learn (the demo's) use a few channels per group, as SD1.5's 128-channel layers with 32 groups do.
+    """
     n = len(block_out_channels)
     return dict(
         in_channels=3, out_channels=3, latent_channels=4, block_out_channels=tuple(block_out_channels),
         down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
-        layers_per_block=1, norm_num_groups=min(32, block_out_channels[0]), sample_size=64,
+        layers_per_block=1, norm_num_groups=norm_num_groups or min(32, block_out_channels[0]), sample_size=64,
+        mid_block_add_attention=mid_block_attention,
     )
 
 
@@ -56,17 +63,24 @@ def training_scheduler(prediction_type: str = "epsilon", zero_terminal_snr: bool
 
 def build_tiny_components(seed: int = 0, with_motion: bool = False, unet_channels=(32, 64),
                           vae_channels=(32, 32, 64, 64), layers_per_block: int = 1,
-                          pose_guider_channels=(8, 16, 32, 64), clip_image_size: int = 32) -> dict:
-    """A complete tiny set: unet, vae, image_encoder, feature_extractor, scheduler, pose_guider[, motion_adapter]."""
+                          pose_guider_channels=(8, 16, 32, 64), clip_image_size: int = 32,
+                          norm_num_groups: int | None = None) -> dict:
+    """A complete tiny set: unet, vae, image_encoder, feature_extractor, scheduler, pose_guider[, motion_adapter].
+
+    norm_num_groups (UNet, VAE and motion modules) defaults to one channel per group at the first width, which is
+    fine for plumbing tests; pass e.g. 8 for a tiny model that has to learn.
+    """
     width = unet_channels[0]
+    groups = norm_num_groups or min(32, width)
 
     def seeded(build):
         torch.manual_seed(seed)
         return build()
 
     parts = {
-        "unet": seeded(lambda: UNet2DConditionModel(**tiny_unet_config(unet_channels, layers_per_block, width))),
-        "vae": seeded(lambda: AutoencoderKL(**tiny_vae_config(vae_channels))),
+        "unet": seeded(lambda: UNet2DConditionModel(**tiny_unet_config(unet_channels, layers_per_block, width,
+                                                                        norm_num_groups=groups))),
+        "vae": seeded(lambda: AutoencoderKL(**tiny_vae_config(vae_channels, norm_num_groups=norm_num_groups))),
         "image_encoder": seeded(lambda: CLIPVisionModelWithProjection(tiny_clip_config(clip_image_size, width))),
         "feature_extractor": CLIPImageProcessor(
             size={"shortest_edge": clip_image_size}, crop_size={"height": clip_image_size, "width": clip_image_size}),
@@ -77,7 +91,7 @@ def build_tiny_components(seed: int = 0, with_motion: bool = False, unet_channel
     if with_motion:
         parts["motion_adapter"] = seeded(lambda: MotionAdapter(
             block_out_channels=tuple(unet_channels), motion_layers_per_block=layers_per_block,
-            motion_num_attention_heads=2, motion_norm_num_groups=min(32, unet_channels[0]),
+            motion_num_attention_heads=2, motion_norm_num_groups=groups,
             motion_max_seq_length=32))
     return parts
 

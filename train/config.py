@@ -77,6 +77,8 @@ class NoiseConfig:
     noise_offset: float = 0.05               # offset noise strength (0 disables)
     snr_gamma: Optional[float] = 5.0         # min-SNR-gamma loss weighting; null disables
     reference_dropout: float = 0.1           # per-sample probability of the unconditional (no reference) path
+    frame_noise_correlation: float = 0.0     # stage 2: share of the noise variance common to all frames of a clip
+                                             # (0 = independent per frame; saved with the model, used by inference)
 
 
 @dataclass
@@ -156,6 +158,8 @@ def check_config(cfg: TrainConfig) -> None:
         problems.append(f"optim.mixed_precision must be no, fp16 or bf16, got {cfg.optim.mixed_precision!r}")
     if not 0.0 <= cfg.noise.reference_dropout <= 1.0:
         problems.append("noise.reference_dropout must be in [0, 1]")
+    if not 0.0 <= cfg.noise.frame_noise_correlation <= 1.0:
+        problems.append("noise.frame_noise_correlation must be in [0, 1]")
     if cfg.report_to not in ("tensorboard", "wandb", "all", "none"):
         problems.append(f"report_to must be tensorboard, wandb, all or none, got {cfg.report_to!r}")
     if not cfg.data.meta and not cfg.data.shards:

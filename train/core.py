@@ -108,6 +108,12 @@ def sample_noise(latents: torch.Tensor, scheduler, noise_cfg, generator: torch.G
     """(noise with offset, uniform timesteps, per-sample reference-dropout mask), all from `generator`."""
     batch, channels = latents.shape[:2]
     noise = torch.randn(latents.shape, generator=generator)
+    rho = noise_cfg.frame_noise_correlation
+    if latents.ndim == 5 and rho > 0:
+        # Correlated frame noise (Ge et al. 2023, "Preserve Your Own Correlation"): each frame's noise shares a part
+        # common to the clip, so a video model starts from the shared-noise behaviour of the image model it came from.
+        common = torch.randn((batch, channels, 1) + latents.shape[3:], generator=generator)
+        noise = rho ** 0.5 * common + (1.0 - rho) ** 0.5 * noise
     if noise_cfg.noise_offset:
         # One offset per sample and channel (shared over frames), so the model learns to shift overall brightness.
         offset_shape = (batch, channels) + (1,) * (latents.ndim - 2)
@@ -568,7 +574,7 @@ def export(cfg: TrainConfig, stage, animator, model_dir: Path) -> Path:
     fresh = stage.load_frozen(cfg)  # full-precision copies from disk (the training copies may be fp16)
     animator = animator.to("cpu") if animator.device.type != "cpu" else animator
     return export_model_folder(model_dir, animator, fresh.vae, fresh.image_encoder, fresh.feature_extractor,
-                               fresh.scheduler)
+                               fresh.scheduler, frame_noise_correlation=cfg.noise.frame_noise_correlation)
 
 
 # ------------------------------------------------------------------------------------------------ scripts
