@@ -32,6 +32,9 @@ a bare model folder (short for trained:model=FOLDER). Kinds:
   zero-shot:base=DIR,controlnet=DIR,ip_adapter=FILE,image_encoder=DIR[,guidance=G]
                                             training-free baseline: SD1.5 folder + openpose ControlNet + IP-Adapter
   zero-shot:model=DIR[,guidance=G]          the same cross-image-attention baseline on a trained marionet backbone
+      either zero-shot form also takes the method's switches (see `marionet zero-shot --help`):
+      temperature=T, layers=all|encoder|mid|decoder[:DIVISORS with ';' between divisors], source_noise=random|
+      previous-target|previous-source, swap_steps=START:END, swap=off
   pose-only:model=DIR                       the trained model with the reference dropped (no reference tokens, zero
                                             CLIP token): the lower bound showing how much appearance a method transfers
 Values cannot contain ',' or '='. Guidance defaults: trained 3.5, zero-shot 1.0 (off). Example:
@@ -166,11 +169,13 @@ def _trained(spec: MethodSpec, context: dict, pose_only: bool = False) -> Method
 
 def _zero_shot(spec: MethodSpec, context: dict) -> Method:
     stock = "model" not in spec.options
+    switches = ("temperature", "layers", "source_noise", "swap_steps", "swap")
     if stock:
-        options = _options(spec, ("base", "controlnet", "ip_adapter", "image_encoder"))
+        options = _options(spec, ("base", "controlnet", "ip_adapter", "image_encoder"), ("guidance",) + switches)
     else:
-        options = _options(spec, ("model",))
+        options = _options(spec, ("model",), ("guidance",) + switches)
     guidance = options.get("guidance", 1.0)
+    method_options = _zero_shot_options(spec, options)
     from models.loading import require_dir, require_file
 
     what = f"method {spec.name}"
@@ -200,10 +205,33 @@ def _zero_shot(spec: MethodSpec, context: dict) -> Method:
         fitted = _resize(poses, (max(multiple, width // multiple * multiple),
                                  max(multiple, height // multiple * multiple)))
         return pipe(reference, fitted, num_inference_steps=steps, guidance_scale=guidance,
-                    generator=torch.Generator().manual_seed(int(seed)), progress=False)
+                    generator=torch.Generator().manual_seed(int(seed)), options=method_options, progress=False)
 
     settings = {"kind": spec.kind, "backbone": "sd15" if stock else "trained", **options, "guidance": guidance}
     return PipelineMethod(spec.name, load, call, settings)
+
+
+def _zero_shot_options(spec: MethodSpec, options: dict):
+    """The method's switches from a SPEC (defaults: the full method as the study ran it)."""
+    import dataclasses
+
+    from inference.zero_shot import ZeroShotOptions, parse_swap_steps
+
+    chosen = {}
+    try:
+        if "temperature" in options:
+            chosen["temperature"] = float(options["temperature"])
+        if "layers" in options:
+            chosen["swap_layers"] = options["layers"].replace(";", ",")
+        if "source_noise" in options:
+            chosen["source_noise"] = options["source_noise"]
+        if "swap_steps" in options:
+            chosen["swap_steps"] = parse_swap_steps(options["swap_steps"])
+        if "swap" in options:
+            chosen["swap"] = options["swap"].lower() not in ("off", "false", "0", "no")
+        return dataclasses.replace(ZeroShotOptions(), **chosen).validate()
+    except ValueError as error:
+        raise CompareError(f"method {spec.text or spec.name!r}: {error}") from None
 
 
 register_method_kind("trained", _trained)

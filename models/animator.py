@@ -13,16 +13,14 @@ Inference reuses the parts: `encode_reference` once per video, `encode_pose` onc
 """
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
 from torch import nn
 
-from .attention import ReferenceComplete, ReferenceState, install_reference_processors, spatial_self_attention_names
-from .loading import offline_kwargs, require_dir
+from .attention import ReferenceComplete, ReferenceState, install_reference_processors
+from .loading import offline_kwargs, require_dir, save_folder_atomically
 from .motion import is_motion_parameter, split_motion_unet, to_motion_unet
 from .pose_guider import ConvInAdder, PoseGuider
 
@@ -218,21 +216,3 @@ class Animator(nn.Module):
             require_dir(root / "motion_adapter", f"model folder {root}: motion_adapter")
             adapter = MotionAdapter.from_pretrained(root / "motion_adapter", **kwargs)
         return cls(reference, denoising, pose_guider, adapter)
-
-
-def save_folder_atomically(final: Path, write) -> None:
-    """Call `write(tmp_folder)`, then swap the finished folder into `final` (replacing an older one)."""
-    final = Path(final)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
-        write(tmp)
-        old = None
-        if final.exists():
-            old = final.with_name(f".{final.name}.old-{tmp.name[-8:]}")
-            final.rename(old)
-        tmp.rename(final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

@@ -14,7 +14,8 @@ import json
 import os
 from pathlib import Path
 
-from .animator import Animator, save_folder_atomically
+from .animator import Animator
+from .loading import save_folder_atomically
 
 PIPELINE_CLASS = "PoseToVideoPipeline"
 

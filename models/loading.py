@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 
@@ -31,3 +33,21 @@ def offline_kwargs() -> dict:
     """Arguments that keep diffusers/transformers `from_pretrained` from ever touching the network."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     return {"local_files_only": True}
+
+
+def save_folder_atomically(final: Path, write) -> None:
+    """Call `write(tmp_folder)`, then swap the finished folder into `final` (replacing an older one)."""
+    final = Path(final)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        write(tmp)
+        old = None
+        if final.exists():
+            old = final.with_name(f".{final.name}.old-{tmp.name[-8:]}")
+            final.rename(old)
+        tmp.rename(final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

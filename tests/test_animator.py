@@ -1,9 +1,7 @@
 """Animator: pose injection, reference gradients, freezing, layouts and save/load."""
-import copy
 
 import pytest
 import torch
-from diffusers.models.attention_processor import AttnProcessor2_0
 
 from models import Animator, ReferenceAttnProcessor
 from tests.conftest import make_animator, randomize_

@@ -1,7 +1,6 @@
 """The data commands through the real `marionet` entry point: outputs, messages and user errors."""
 import json
 
-import numpy as np
 import pytest
 
 from marionet import main

@@ -253,3 +253,34 @@ def test_registered_components_are_the_weights_that_run(video_pipe):
     saved = {**dict(video_pipe.denoising_unet.named_parameters()), **dict(video_pipe.motion_adapter.named_parameters())}
     assert set(saved) == set(running)
     assert all(saved[name] is running[name] for name in saved)
+
+
+@pytest.mark.parametrize("rho", [0.0, 0.75, 1.0])
+def test_video_noise_follows_the_trained_frame_correlation(video_pipe, rho):
+    video_pipe.register_to_config(frame_noise_correlation=rho)
+    try:
+        noise = torch.cat([video_pipe.prepare_latents(8, SIZE, SIZE, torch.Generator().manual_seed(s))
+                           for s in range(24)])  # (24, 4, 8, h, w)
+    finally:
+        video_pipe.register_to_config(frame_noise_correlation=0.0)
+    a, b = noise[:, :, 0].flatten(), noise[:, :, 5].flatten()
+    correlation = torch.corrcoef(torch.stack([a, b]))[0, 1].item()
+    assert abs(correlation - rho) < 0.05, correlation
+    assert abs(noise.std().item() - 1.0) < 0.05  # still unit variance per element
+
+
+def test_frame_noise_correlation_is_saved_with_the_model_and_read_back(tmp_path):
+    import json
+
+    from diffusers import UNet2DConditionModel
+
+    from inference.pipeline import PoseToVideoPipeline
+    from models import Animator, build_tiny_components, export_model_folder
+
+    parts = build_tiny_components(seed=0, with_motion=True)
+    unet = parts.pop("unet")
+    reference = UNet2DConditionModel.from_config(unet.config)
+    animator = Animator(reference, unet, parts.pop("pose_guider"), parts.pop("motion_adapter"))
+    export_model_folder(tmp_path / "m", animator, frame_noise_correlation=0.6, **parts)
+    assert json.loads((tmp_path / "m" / "model_index.json").read_text())["frame_noise_correlation"] == 0.6
+    assert PoseToVideoPipeline.from_pretrained(tmp_path / "m").config.frame_noise_correlation == 0.6

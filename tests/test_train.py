@@ -263,3 +263,18 @@ def test_stage2_trains_motion_modules_only_and_exports_a_loadable_video_model(as
         out = after(torch.randn(1, 4, 4, 4, 4, generator=gen), torch.tensor([10]), torch.randn(1, 4, 4, 4, generator=gen),
                     torch.randn(1, 1, 32, generator=gen), torch.rand(1, 3, 4, 32, 32, generator=gen))
     assert out.shape == (1, 4, 4, 4, 4) and torch.isfinite(out).all()
+
+
+def test_frame_noise_correlation_shares_part_of_the_noise_across_frames():
+    from types import SimpleNamespace
+
+    from train.core import sample_noise
+    from models import training_scheduler
+
+    latents = torch.zeros(64, 4, 6, 8, 8)
+    for rho in (0.0, 0.5, 1.0):
+        cfg = SimpleNamespace(frame_noise_correlation=rho, noise_offset=0.0, reference_dropout=0.1)
+        noise, _, _ = sample_noise(latents, training_scheduler(), cfg, torch.Generator().manual_seed(0))
+        a, b = noise[:, :, 0].flatten(), noise[:, :, 4].flatten()
+        assert abs(torch.corrcoef(torch.stack([a, b]))[0, 1].item() - rho) < 0.05, rho
+        assert abs(noise.std().item() - 1.0) < 0.05

@@ -3,13 +3,11 @@ unexpected or mis-shaped key reported, nothing skipped silently) and writing an 
 from __future__ import annotations
 
 import pickle
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
-from ..loading import require_file
+from ..loading import require_file, save_folder_atomically
 
 WRAPPER_KEYS = ("state_dict", "module", "model")
 
@@ -103,17 +101,5 @@ def prepare_output(out, overwrite: bool) -> Path:
 def write_folder_atomically(out, write, overwrite: bool = False) -> Path:
     """`write(tmp)` fills a temporary folder beside `out`, which is renamed to `out` only when complete."""
     out = prepare_output(out, overwrite)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        write(tmp)
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{tmp.name[-8:]}")
-            out.rename(old)
-        tmp.rename(out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    save_folder_atomically(out, write)
     return out
