@@ -3,6 +3,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
+DEMO_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.marionet-installed
 
@@ -23,7 +24,7 @@ test: setup
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 demo: setup
-	$(BIN)/marionet demo
+	$(BIN)/marionet demo $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
