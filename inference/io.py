@@ -95,6 +95,23 @@ def resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((width, height), Image.BICUBIC), dtype=np.uint8)
 
 
+def fit_reference(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Centre-crop `image` to the output's aspect ratio, then resize: training crops the reference the same way
+    (an aspect-preserving box), so a portrait photo driving a landscape video is cropped, never squashed."""
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    if w * height > width * h:  # wider than the output: crop the sides
+        box_w, box_h = h * width / height, float(h)
+    else:
+        box_w, box_h = float(w), w * height / width
+    x0, y0 = (w - box_w) / 2, (h - box_h) / 2
+    if (w, h) == (width, height):
+        return image
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.BICUBIC, box=(x0, y0, x0 + box_w, y0 + box_h)),
+                      dtype=np.uint8)
+
+
 def side_by_side(reference: np.ndarray, poses: np.ndarray, frames: np.ndarray) -> np.ndarray:
     """(F, H, 3W, 3): reference | pose | result for each frame, all at the result's size."""
     height, width = frames.shape[1:3]

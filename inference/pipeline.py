@@ -19,6 +19,7 @@ while the composition stays.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import random
 import time
@@ -34,7 +35,7 @@ from diffusers.utils import BaseOutput, logging
 from models.animator import Animator
 from models.loading import MissingWeightsError, offline_kwargs, require_dir
 
-from .io import as_rgb_array, load_pose_frames, resize, round_size
+from .io import as_rgb_array, fit_reference, load_pose_frames, resize, round_size
 from .windows import context_windows, position_weights
 
 logger = logging.get_logger(__name__)
@@ -226,7 +227,7 @@ class PoseToVideoPipeline(DiffusionPipeline):
     def encode_reference_image(self, reference: np.ndarray, width: int, height: int):
         """-> (reference latents (1, 4, h, w) = VAE latent mean x scaling factor, CLIP image_embeds (1, 1, D))."""
         device, dtype = self.animator.device, self.vae.dtype
-        pixels = torch.tensor(resize(reference, width, height)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+        pixels = torch.tensor(fit_reference(reference, width, height)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
         latents = self.vae.encode(pixels.to(device, dtype)).latent_dist.mean * self.vae.config.scaling_factor
         clip_pixels = self.feature_extractor(images=reference, return_tensors="pt").pixel_values
         embeds = self.image_encoder(clip_pixels.to(device, self.image_encoder.dtype)).image_embeds
@@ -336,6 +337,9 @@ class PoseToVideoPipeline(DiffusionPipeline):
             generator = torch.Generator().manual_seed(random.randrange(2**31) if seed is None else int(seed))
         latents = self.prepare_latents(num_frames, height, width, generator, reroll_mask, reroll_seed)
         scheduler = self.sampling_scheduler()
+        # DDIM takes eta and a generator; other schedulers a subset (or neither).
+        accepted = inspect.signature(scheduler.step).parameters
+        step_kwargs = {k: v for k, v in (("eta", eta), ("generator", generator)) if k in accepted}
         scheduler.set_timesteps(num_inference_steps, device=device)
         latents = (latents * scheduler.init_noise_sigma).to(device)
 
@@ -374,7 +378,7 @@ class PoseToVideoPipeline(DiffusionPipeline):
                     weight_sum[window] += weight
                     bar.update()
                 pred = (total / weight_sum[None, None, :, None, None]).to(latents.dtype)
-                latents = scheduler.step(pred, t, latents, eta=eta, generator=generator).prev_sample
+                latents = scheduler.step(pred, t, latents, **step_kwargs).prev_sample
         _sync(device)
         timings["denoise_s"] += time.perf_counter() - start
         self.animator.reference_state.clear()

@@ -23,6 +23,7 @@ extrapolates towards the source appearance.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -282,11 +283,16 @@ class ZeroShotPoseTransferPipeline(DiffusionPipeline, IPAdapterMixin):
         pipe = cls(vae=vae, unet=unet, scheduler=scheduler, pose_guider=pose_guider)
         cross = unet.config.cross_attention_dim
         pipe.prompt_embeds = torch.zeros(1, 1, cross, dtype=vae.dtype)  # the zero CLIP token
+        index = root / "model_index.json"
+        pipe.frame_noise_correlation = float(json.loads(index.read_text()).get("frame_noise_correlation", 0.0)
+                                             if index.is_file() else 0.0)
         return pipe
 
     # ------------------------------------------------------------------------------------------- pieces
     def _encode_source(self, source: np.ndarray, height: int, width: int) -> torch.Tensor:
-        image = resize_frames(to_uint8_frames(source)[:1], height, width)
+        from inference.io import fit_reference
+
+        image = fit_reference(to_uint8_frames(source)[0], width, height)[None]
         pixels = torch.from_numpy(np.array(image)).permute(0, 3, 1, 2).to(self.device, self.vae.dtype) / 127.5 - 1.0
         return self.vae.encode(pixels).latent_dist.mode() * self.vae.config.scaling_factor
 
@@ -396,6 +402,11 @@ class ZeroShotPoseTransferPipeline(DiffusionPipeline, IPAdapterMixin):
             noise = latents.to(self.device, self.unet.dtype)
         else:
             noise = randn_tensor(shape, generator=generator, device=self.device, dtype=self.unet.dtype)
+            rho = getattr(self, "frame_noise_correlation", 0.0)
+            if len(shape) == 5 and rho > 0:  # a video backbone: its frames' noise as it was trained (model_index)
+                common_shape = (shape[0], shape[1], 1) + tuple(shape[3:])
+                common = randn_tensor(common_shape, generator=generator, device=self.device, dtype=self.unet.dtype)
+                noise = common.expand(shape) if rho >= 1 else rho ** 0.5 * common + (1 - rho) ** 0.5 * noise
         return noise * self.scheduler.init_noise_sigma
 
     def _sample(self, latents, pose_pixels, source_latents, context, negative, ip_pair, num_inference_steps,

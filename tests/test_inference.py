@@ -284,3 +284,29 @@ def test_frame_noise_correlation_is_saved_with_the_model_and_read_back(tmp_path)
     export_model_folder(tmp_path / "m", animator, frame_noise_correlation=0.6, **parts)
     assert json.loads((tmp_path / "m" / "model_index.json").read_text())["frame_noise_correlation"] == 0.6
     assert PoseToVideoPipeline.from_pretrained(tmp_path / "m").config.frame_noise_correlation == 0.6
+
+
+def test_reference_is_centre_cropped_to_the_output_aspect_not_squashed():
+    from inference.io import fit_reference
+
+    image = np.zeros((40, 80, 3), np.uint8)  # landscape: left quarter red, right quarter blue, centre green
+    image[:, :20] = (255, 0, 0)
+    image[:, 20:60] = (0, 255, 0)
+    image[:, 60:] = (0, 0, 255)
+    square = fit_reference(image, 32, 32)
+    assert square.shape == (32, 32, 3)
+    assert square[:, :, 1].min() > 200 and square[:, :, 0].max() < 60  # only the green centre survives
+    assert fit_reference(image, 80, 40) is image
+
+
+def test_a_scheduler_without_eta_samples_too(image_pipe):
+    from diffusers import EulerDiscreteScheduler
+
+    reference, poses = sample_inputs(frames=2)
+    original = image_pipe.scheduler
+    image_pipe.scheduler = EulerDiscreteScheduler.from_config(original.config)
+    try:
+        frames = image_pipe(reference, poses, num_inference_steps=2, seed=0).frames
+    finally:
+        image_pipe.scheduler = original
+    assert frames.shape == (2, SIZE, SIZE, 3)

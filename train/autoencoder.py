@@ -41,7 +41,8 @@ def fit_autoencoder(vae: AutoencoderKL, frames: np.ndarray, steps: int, batch_si
     for _ in bar:
         batch = data[torch.randint(0, len(data), (batch_size,), generator=generator)]
         if crop_size:
-            y, x = (int(v) for v in torch.randint(0, data.shape[-1] - crop_size + 1, (2,), generator=generator))
+            y = int(torch.randint(0, data.shape[-2] - crop_size + 1, (1,), generator=generator))
+            x = int(torch.randint(0, data.shape[-1] - crop_size + 1, (1,), generator=generator))
             batch = batch[..., y:y + crop_size, x:x + crop_size]
         posterior = vae.encode(batch).latent_dist
         latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)

@@ -64,9 +64,13 @@ def make_training_scheduler(base_config: dict, noise_cfg):
     """
     from diffusers import DDIMScheduler
 
-    extra = dict(rescale_betas_zero_snr=True, timestep_spacing="trailing") if noise_cfg.zero_terminal_snr else {}
     base = {k: v for k, v in dict(base_config).items() if not k.startswith("_")}
-    base.update(prediction_type=noise_cfg.prediction_type, clip_sample=False, **extra)
+    # Both keys set explicitly: a base config inherited from a zero-terminal-SNR stage-1 model must not keep it when
+    # this config says otherwise.
+    spacing = "trailing" if noise_cfg.zero_terminal_snr else (
+        "leading" if base.get("timestep_spacing") == "trailing" else base.get("timestep_spacing", "leading"))
+    base.update(prediction_type=noise_cfg.prediction_type, clip_sample=False,
+                rescale_betas_zero_snr=bool(noise_cfg.zero_terminal_snr), timestep_spacing=spacing)
     return DDIMScheduler.from_config(base)
 
 
@@ -451,6 +455,8 @@ def _train(cfg: TrainConfig, stage, accelerator, output_dir: Path) -> TrainResul
     state = {"global_step": 0, "epoch": 0, "batch_in_epoch": 0, "skipped_samples": 0, "nonfinite_steps": 0}
     if resume_from is not None:
         accelerator.load_state(str(resume_from))
+        if ema is not None:  # accelerate restores custom state on the CPU
+            ema.to(device)
         own = resume_from / f"training_state_{accelerator.process_index}.json"
         state.update(json.loads((own if own.is_file() else resume_from / "training_state_0.json").read_text()))
         accelerator.print(f"resumed from {resume_from} at step {state['global_step']}")
@@ -500,7 +506,8 @@ def _train(cfg: TrainConfig, stage, accelerator, output_dir: Path) -> TrainResul
             if accelerator.sync_gradients and not bad_window:
                 accelerator.clip_grad_norm_(params, cfg.optim.max_grad_norm)
                 optimizer.step()
-            lr_scheduler.step()
+            if not bad_window:  # a skipped (non-finite) update does not advance the schedule
+                lr_scheduler.step()
             optimizer.zero_grad(set_to_none=True)
         if not accelerator.sync_gradients:
             continue
