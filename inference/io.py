@@ -101,13 +101,13 @@ def fit_reference(image: np.ndarray, width: int, height: int) -> np.ndarray:
     from PIL import Image
 
     h, w = image.shape[:2]
+    if (w, h) == (width, height):
+        return image
     if w * height > width * h:  # wider than the output: crop the sides
         box_w, box_h = h * width / height, float(h)
     else:
         box_w, box_h = float(w), w * height / width
     x0, y0 = (w - box_w) / 2, (h - box_h) / 2
-    if (w, h) == (width, height):
-        return image
     return np.asarray(Image.fromarray(image).resize((width, height), Image.BICUBIC, box=(x0, y0, x0 + box_w, y0 + box_h)),
                       dtype=np.uint8)
 

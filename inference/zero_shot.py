@@ -163,9 +163,9 @@ def to_uint8_frames(images) -> np.ndarray:
 def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
     if frames.shape[1:3] == (height, width):
         return frames
-    from PIL import Image
+    from inference.io import resize
 
-    return np.stack([np.asarray(Image.fromarray(f).resize((width, height), Image.BICUBIC)) for f in frames])
+    return np.stack([resize(frame, width, height) for frame in frames])
 
 
 class ZeroShotPoseTransferPipeline(DiffusionPipeline, IPAdapterMixin):
