@@ -22,7 +22,7 @@ def _measure(dataset, workers: int, seconds: float, min_samples: int = 4) -> tup
     does not depend on what else runs."""
     import torch
 
-    from data.datasets import collate_skipping
+    from .datasets import collate_skipping
 
     loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=workers, collate_fn=collate_skipping)
     count, start, cpu_start, epoch = 0, None, None, 0
@@ -45,9 +45,9 @@ def run_benchmark(sizes=(256, 512), workers=(0, 2), videos: int = 6, frames: int
     import torch
     from transformers import CLIPImageProcessor
 
-    from data.datasets import Stage1Dataset, Stage2Dataset
-    from data.shards import ShardStage1Dataset, ShardStage2Dataset, write_shards
-    from data.synth import generate_dataset
+    from .datasets import Stage1Dataset, Stage2Dataset
+    from .shards import ShardStage1Dataset, ShardStage2Dataset, write_shards
+    from .synth import generate_dataset
 
     torch.set_num_threads(1)
     processor = CLIPImageProcessor()  # the standard 224 px CLIP preprocessing, built locally

@@ -9,8 +9,8 @@ from pathlib import Path
 
 
 def _synth(args) -> int:
-    from marionet import UserError
-    from data.synth import generate_dataset
+    from ..errors import UserError
+    from .synth import generate_dataset
 
     try:
         meta = generate_dataset(args.out, args.videos, args.frames, args.size, args.seed, fps=args.fps,
@@ -25,8 +25,8 @@ def _synth(args) -> int:
 
 
 def _index(args) -> int:
-    from marionet import UserError
-    from data.index import build_index
+    from ..errors import UserError
+    from .index import build_index
 
     try:
         out, accepted, rejected = build_index(args.videos, args.poses, args.out, min_frames=args.min_frames,
@@ -40,8 +40,8 @@ def _index(args) -> int:
 
 
 def _shard(args) -> int:
-    from marionet import UserError
-    from data.shards import write_shards
+    from ..errors import UserError
+    from .shards import write_shards
 
     try:
         manifest_path, manifest, rejected = write_shards(args.meta, args.out, max_size=args.max_size,
@@ -57,7 +57,7 @@ def _shard(args) -> int:
 
 
 def _bench(args) -> int:
-    from data.bench import run_benchmark
+    from .bench import run_benchmark
 
     run_benchmark(sizes=args.sizes, workers=args.workers, videos=args.videos, frames=args.frames,
                   seconds=args.seconds)

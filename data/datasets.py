@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from data.video import VideoError, open_video
+from .video import VideoError, open_video
 
 logger = logging.getLogger("marionet.data")
 
@@ -174,7 +174,7 @@ def build_sample(spec: SampleSpec, video, pose, rng: np.random.Generator, video_
 
 def resolve_source(source) -> list[dict]:
     """meta.json path or a list of entries -> entries with absolute video/pose paths."""
-    from data.index import load_index
+    from .index import load_index
 
     if isinstance(source, (str, Path)):
         entries = load_index(source)

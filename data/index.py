@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from data.atomic import write_json
+from .atomic import write_json
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
 
@@ -52,7 +52,7 @@ def load_index(path) -> list[dict]:
 
 def check_pair(video_path, pose_path, min_frames: int = 1) -> tuple[dict | None, str | None]:
     """(entry, None) for a usable pair, else (None, reason)."""
-    from data.video import VideoError, video_info
+    from .video import VideoError, video_info
 
     try:
         frames, fps, width, height = video_info(video_path)

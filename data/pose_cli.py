@@ -62,9 +62,9 @@ def register(subparsers) -> None:
 
 
 def _extract(args) -> int:
-    from marionet import UserError
+    from ..errors import UserError
 
-    from data.pose_extract import extract_videos
+    from .pose_extract import extract_videos
 
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
@@ -94,11 +94,11 @@ def _extract(args) -> int:
 
 
 def _align(args) -> int:
-    from marionet import UserError
+    from ..errors import UserError
 
-    from data.align import align_keypoints
-    from data.skeleton import draw_pose, load_keypoints, save_keypoints
-    from data.video import write_video
+    from .align import align_keypoints
+    from .skeleton import draw_pose, load_keypoints, save_keypoints
+    from .video import write_video
 
     try:
         ref = load_keypoints(args.ref_pose)

@@ -41,7 +41,7 @@ class EstimatorConfig:
     providers: tuple[str, ...] | None = None
 
     def create(self):
-        from data.dwpose import create_estimator
+        from .dwpose import create_estimator
 
         return create_estimator(self.backend, det=self.det, pose=self.pose, threshold=self.threshold,
                                 det_threshold=self.det_threshold, hands=self.hands, face=self.face,
@@ -102,8 +102,8 @@ def extract_video(video: str | os.PathLike, pose_path: str | os.PathLike, keypoi
                   estimator: Callable, threshold: float = 0.3, chunk: int = 16) -> int:
     """Run `estimator` (frame RGB uint8 -> PoseResult) on every frame of `video`; write the skeleton mp4 and then
     the keypoints JSON (each atomically). Returns the number of frames."""
-    from data.skeleton import draw_pose, save_keypoints
-    from data.video import VideoError, open_video, write_video
+    from .skeleton import draw_pose, save_keypoints
+    from .video import VideoError, open_video, write_video
 
     reader = open_video(video)
     count = len(reader)
@@ -139,8 +139,8 @@ def extract_image(image: str | os.PathLike, pose_path: str | os.PathLike, keypoi
 
     from PIL import Image
 
-    from data.skeleton import draw_pose, save_keypoints
-    from data.video import load_image_rgb
+    from .skeleton import draw_pose, save_keypoints
+    from .video import load_image_rgb
 
     frame = load_image_rgb(image)
     height, width = frame.shape[:2]
@@ -217,7 +217,7 @@ def extract_videos(videos_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
     or ImportError (no onnxruntime) before any work starts; per-video errors land in the report's `failed`.
     """
     global _WORKER_ESTIMATOR
-    from data.dwpose import import_onnxruntime, resolve_model_paths
+    from .dwpose import import_onnxruntime, resolve_model_paths
 
     videos_dir, out_dir = Path(videos_dir), Path(out_dir)
     videos = find_videos(videos_dir, images=images)

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.atomic import write_json
-from data.datasets import BadSample, SampleSpec, build_sample, item_rng
+from .atomic import write_json
+from .datasets import BadSample, SampleSpec, build_sample, item_rng
 
 logger = logging.getLogger("marionet.data")
 
@@ -53,7 +53,7 @@ def write_shards(meta_path, out_dir, max_size="1GB", max_count: int = 100000, mi
     """
     import webdataset as wds
 
-    from data.index import check_pair, load_index
+    from .index import check_pair, load_index
 
     out = Path(out_dir)
     if (out / MANIFEST).exists():

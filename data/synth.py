@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from data.atomic import write_json
-from data.skeleton import BODY_NAMES, draw_pose, save_keypoints
-from data.video import write_video
+from .atomic import write_json
+from .skeleton import BODY_NAMES, draw_pose, save_keypoints
+from .video import write_video
 
 PATTERNS = ("plain", "stripes", "checks", "dots")
 BACKGROUNDS = ("flat", "gradient", "textured")

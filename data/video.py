@@ -12,7 +12,7 @@ from typing import Iterable
 
 import numpy as np
 
-from data.atomic import atomic_path
+from .atomic import atomic_path
 
 
 class VideoError(ValueError):

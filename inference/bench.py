@@ -17,7 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+if __package__ in (None, ""):  # run as a file from a clone: import marionet from this checkout
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 SD15_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
                  block_out_channels=(320, 640, 1280, 1280),
@@ -37,9 +38,9 @@ def build_sd15(video: bool):
     from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from models.pose_guider import PoseGuider
-    from models.tiny import training_scheduler
-    from inference.pipeline import _image_processor_class
+    from marionet.models.pose_guider import PoseGuider
+    from marionet.models.tiny import training_scheduler
+    from marionet.inference.pipeline import _image_processor_class
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**SD15_UNET)
@@ -59,7 +60,7 @@ def build_tiny(video: bool):
 
     from diffusers import UNet2DConditionModel
 
-    from models.tiny import build_tiny_components
+    from marionet.models.tiny import build_tiny_components
 
     parts = build_tiny_components(seed=0, with_motion=video)
     unet = parts.pop("unet")
@@ -98,7 +99,7 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    from inference.pipeline import PoseToVideoPipeline
+    from marionet.inference.pipeline import PoseToVideoPipeline
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[

@@ -73,11 +73,11 @@ def run_animate(args) -> int:
     import time
     from pathlib import Path
 
-    from marionet import UserError
+    from ..errors import UserError
 
     _check_arguments(args, UserError)
     out = Path(args.out)
-    from inference.io import IMAGE_EXTENSIONS
+    from .io import IMAGE_EXTENSIONS
 
     image_out = out.suffix.lower() in IMAGE_EXTENSIONS and out.suffix.lower() != ".gif"
     if not image_out and out.suffix.lower() not in (".mp4", ".gif"):
@@ -97,7 +97,7 @@ def run_animate(args) -> int:
     dtype_name = args.dtype or ("fp16" if device == "cuda" else "fp32")
     dtype = getattr(torch, DTYPES[dtype_name])
 
-    from inference.io import as_rgb_array, load_pose_frames, round_size, side_by_side, write_outputs
+    from .io import as_rgb_array, load_pose_frames, round_size, side_by_side, write_outputs
 
     try:
         reference = as_rgb_array(args.ref)
@@ -119,9 +119,9 @@ def run_animate(args) -> int:
     if changed:
         print(f"note: size rounded down to {width}x{height} (multiples of 8)")
 
-    from models.loading import MissingWeightsError
+    from ..models.loading import MissingWeightsError
 
-    from inference.pipeline import PoseToVideoPipeline
+    from .pipeline import PoseToVideoPipeline
 
     try:
         pipe = PoseToVideoPipeline.from_pretrained(args.model, torch_dtype=dtype)
@@ -169,8 +169,8 @@ def _extract_poses(args, reference, UserError):
     import numpy as np
     from tqdm import tqdm
 
-    from data.skeleton import draw_pose
-    from data.video import read_video, video_info
+    from ..data.skeleton import draw_pose
+    from ..data.video import read_video, video_info
 
     try:
         _, fps, width, height = video_info(args.driving)
@@ -178,7 +178,7 @@ def _extract_poses(args, reference, UserError):
     except (FileNotFoundError, ValueError) as error:
         raise UserError(f"--driving: {error}") from None
     try:
-        from data.dwpose import create_estimator
+        from ..data.dwpose import create_estimator
 
         estimator = create_estimator("dwpose", det=args.det, pose=args.pose_model)
     except (FileNotFoundError, ImportError) as error:
@@ -187,7 +187,7 @@ def _extract_poses(args, reference, UserError):
     if not args.align_pose:
         return np.stack([draw_pose(r["body"], width, height, hands=r["hands"], face=r["face"]) for r in records]), fps
 
-    from data.align import align_keypoints
+    from ..data.align import align_keypoints
 
     ref_height, ref_width = reference.shape[:2]
     aligned = align_keypoints(

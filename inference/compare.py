@@ -22,7 +22,7 @@ from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 
-from inference import metrics as M
+from . import metrics as M
 
 SPEC_HELP = """\
 A method is NAME=SPEC. NAME labels it in the report (letters, digits, '-', '_', '.'). SPEC is KIND:KEY=VALUE,... or
@@ -145,7 +145,7 @@ def _to_device(pipe, context: dict):
 
 def _trained(spec: MethodSpec, context: dict, pose_only: bool = False) -> Method:
     options = _options(spec, ("model",), optional=() if pose_only else ("guidance",))
-    from models.loading import require_dir
+    from ..models.loading import require_dir
 
     model = require_dir(options["model"], f"method {spec.name}: model folder", ("model_index.json",))
     # pose-only: reference guidance scale 0 keeps exactly the unconditional row of the guidance batch, i.e. the
@@ -153,12 +153,12 @@ def _trained(spec: MethodSpec, context: dict, pose_only: bool = False) -> Method
     guidance = 0.0 if pose_only else options.get("guidance", 3.5)
 
     def load():
-        from inference.pipeline import PoseToVideoPipeline
+        from .pipeline import PoseToVideoPipeline
 
         return _to_device(PoseToVideoPipeline.from_pretrained(model), context)
 
     def call(pipe, reference, poses, steps, seed):
-        from inference.pipeline import render_video
+        from .pipeline import render_video
 
         return render_video(pipe, reference, poses, num_inference_steps=steps, guidance_scale=guidance, seed=seed,
                             height=poses.shape[1], width=poses.shape[2])
@@ -176,7 +176,7 @@ def _zero_shot(spec: MethodSpec, context: dict) -> Method:
         options = _options(spec, ("model",), ("guidance",) + switches)
     guidance = options.get("guidance", 1.0)
     method_options = _zero_shot_options(spec, options)
-    from models.loading import require_dir, require_file
+    from ..models.loading import require_dir, require_file
 
     what = f"method {spec.name}"
     if stock:  # fail before any rendering starts, naming the missing part
@@ -188,7 +188,7 @@ def _zero_shot(spec: MethodSpec, context: dict) -> Method:
         require_dir(options["model"], f"{what}: model folder", ())
 
     def load():
-        from inference.zero_shot import ZeroShotPoseTransferPipeline as Pipe
+        from .zero_shot import ZeroShotPoseTransferPipeline as Pipe
 
         if stock:
             pipe = Pipe.from_stock(options["base"], options["controlnet"], ip_adapter=options["ip_adapter"],
@@ -215,7 +215,7 @@ def _zero_shot_options(spec: MethodSpec, options: dict):
     """The method's switches from a SPEC (defaults: the full method as the study ran it)."""
     import dataclasses
 
-    from inference.zero_shot import ZeroShotOptions, parse_swap_steps
+    from .zero_shot import ZeroShotOptions, parse_swap_steps
 
     chosen = {}
     try:
@@ -284,8 +284,8 @@ def _sources(data) -> list[tuple[str, object, object, str]]:
     """(video_id, video source, pose source, label) for a meta.json or WebDataset shards (folder, manifest, tar)."""
     path = Path(str(data))
     if path.suffix == ".json" and path.name != "manifest.json":
-        from data.datasets import video_id_of
-        from data.index import load_index
+        from ..data.datasets import video_id_of
+        from ..data.index import load_index
 
         try:
             entries = load_index(path)
@@ -294,7 +294,7 @@ def _sources(data) -> list[tuple[str, object, object, str]]:
         return [(video_id_of(e), e["video_path"], e["pose_path"], e["video_path"]) for e in entries]
     import json
 
-    from data.shards import expand_urls, iter_tar_samples
+    from ..data.shards import expand_urls, iter_tar_samples
 
     try:
         urls = expand_urls(str(data))
@@ -318,7 +318,7 @@ def _sources(data) -> list[tuple[str, object, object, str]]:
 def load_clips(data, videos: int | None = None, frames: int | None = None, size=None,
                ref_frame: int = 0) -> list[Clip]:
     """The first `videos` videos of `data` (a meta.json or shards), each cut to its first `frames` frames."""
-    from data.video import VideoError, open_video, read_video
+    from ..data.video import VideoError, open_video, read_video
 
     size = parse_size(size)
     clips = []
@@ -403,7 +403,7 @@ def run_comparison(data, methods, out_dir, videos: int | None = None, frames: in
     size: 'WxH' or (w, h) to resize all frames (default: the videos' own size); lpips / fvd: local weight paths
     (see inference.metrics.load_lpips / load_i3d) or None, in which case the report says they were not computed.
     """
-    from inference import report as R
+    from . import report as R
 
     out_dir = Path(out_dir)
     if steps < 1:

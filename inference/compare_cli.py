@@ -12,7 +12,7 @@ says they were not computed."""
 
 
 def register(subparsers) -> None:
-    from inference.compare import SPEC_HELP
+    from .compare import SPEC_HELP
 
     compare = subparsers.add_parser(
         "compare", help="score zero-shot, trained and other methods on held-out videos",
@@ -52,7 +52,7 @@ def register(subparsers) -> None:
 
 
 def run_compare(args) -> int:
-    from marionet import UserError
+    from ..errors import UserError
 
     for flag in ("videos", "frames", "steps", "grid_frames"):
         value = getattr(args, flag)
@@ -60,8 +60,8 @@ def run_compare(args) -> int:
             raise UserError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
     if args.ref_frame < 0:
         raise UserError(f"--ref-frame must be >= 0, got {args.ref_frame}")
-    from inference.compare import CompareError, run_comparison
-    from models.loading import MissingWeightsError
+    from .compare import CompareError, run_comparison
+    from ..models.loading import MissingWeightsError
 
     device = args.device
     if device is None:
@@ -85,9 +85,9 @@ def run_compare(args) -> int:
 def run_demo(args) -> int:
     import dataclasses
 
-    from marionet import UserError
+    from ..errors import UserError
 
-    from inference.demo import DemoSettings, run_demo as demo
+    from .demo import DemoSettings, run_demo as demo
 
     fields = {f.name: f for f in dataclasses.fields(DemoSettings)}
     overrides = {}

@@ -20,7 +20,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -87,7 +86,7 @@ class PhaseClock:
 
 
 def make_data(settings: DemoSettings, out: Path) -> tuple[Path, Path]:
-    from data.synth import generate_dataset
+    from ..data.synth import generate_dataset
 
     train = generate_dataset(out / "data" / "train", settings.train_videos, settings.train_frames, settings.size,
                              seed=settings.seed)
@@ -99,8 +98,8 @@ def make_data(settings: DemoSettings, out: Path) -> tuple[Path, Path]:
 def load_frames(meta: Path, every: int = 1):
     import numpy as np
 
-    from data.index import load_index
-    from data.video import read_video
+    from ..data.index import load_index
+    from ..data.video import read_video
 
     return np.concatenate([read_video(entry["video_path"])[::every] for entry in load_index(meta)])
 
@@ -110,8 +109,8 @@ def make_base(settings: DemoSettings, train_meta: Path, heldout_meta: Path, out:
     import torch
     from diffusers import AutoencoderKL
 
-    from models.tiny import build_tiny_components, save_base_folder, tiny_vae_config
-    from train.autoencoder import fit_autoencoder, reconstruction_psnr, set_latent_scaling
+    from ..models.tiny import build_tiny_components, save_base_folder, tiny_vae_config
+    from ..train.autoencoder import fit_autoencoder, reconstruction_psnr, set_latent_scaling
 
     parts = build_tiny_components(seed=settings.seed, with_motion=True, unet_channels=settings.unet_channels,
                                   vae_channels=settings.vae_channels, norm_num_groups=settings.norm_num_groups,
@@ -136,8 +135,8 @@ def make_base(settings: DemoSettings, train_meta: Path, heldout_meta: Path, out:
 
 
 def train_stage(stage: int, settings: DemoSettings, out: Path, train_meta: Path, heldout_meta: Path):
-    from train.config import load_config
-    from train.core import run
+    from ..train.config import load_config
+    from ..train.core import run
 
     common = [
         f"output_dir={out / f'stage{stage}'}", f"seed={settings.seed}", "tiny.enabled=false",
@@ -163,7 +162,7 @@ def train_stage(stage: int, settings: DemoSettings, out: Path, train_meta: Path,
             f"checkpoint.checkpointing_steps={max(1, settings.stage2_steps // 2)}",
             f"validation.validation_steps={settings.stage2_steps}",
         ]
-    config = load_config(REPO / "configs" / "tiny" / f"stage{stage}.yaml", overrides)
+    config = load_config(f"tiny/stage{stage}.yaml", overrides)  # the shipped tiny config
     result = run(config)
     losses = list(result.losses.values())
     window = max(1, len(losses) // 10)
@@ -174,7 +173,7 @@ def train_stage(stage: int, settings: DemoSettings, out: Path, train_meta: Path,
 
 
 def compare(settings: DemoSettings, out: Path, heldout_meta: Path) -> dict:
-    from inference.compare import run_comparison
+    from .compare import run_comparison
 
     stage1, stage2 = out / "stage1" / "model", out / "stage2" / "model"
     methods = [f"trained-stage2=trained:model={stage2}", f"trained-stage1=trained:model={stage1}",
@@ -186,7 +185,7 @@ def compare(settings: DemoSettings, out: Path, heldout_meta: Path) -> dict:
 
 def run_demo(out_dir, quick: bool = False, overwrite: bool = False, **overrides) -> dict:
     """Run every phase; returns a summary (also written to OUT/demo.json)."""
-    from marionet import UserError
+    from ..errors import UserError
 
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):

@@ -17,7 +17,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".
 def as_rgb_array(image, what: str = "image") -> np.ndarray:
     """A path, PIL image, (H, W[, 3|4]) array or (3, H, W) float tensor in [0, 1] -> uint8 (H, W, 3)."""
     if isinstance(image, (str, os.PathLike)):
-        from data.video import load_image_rgb
+        from ..data.video import load_image_rgb
 
         return load_image_rgb(image)
     if hasattr(image, "convert") and hasattr(image, "size"):  # PIL
@@ -55,7 +55,7 @@ def load_pose_frames(source) -> tuple[np.ndarray, float | None]:
         elif path.suffix.lower() in IMAGE_EXTENSIONS:
             frames = as_rgb_array(path)[None]
         else:
-            from data.video import read_video, video_info
+            from ..data.video import read_video, video_info
 
             _, fps, _, _ = video_info(path)
             frames = read_video(path)
@@ -126,7 +126,7 @@ def write_outputs(out, frames: np.ndarray, fps: float, overwrite: bool = False, 
 
     Every target is checked before anything is written, so a refused overwrite leaves no partial set of files.
     """
-    from data.video import write_gif, write_video
+    from ..data.video import write_gif, write_video
 
     out = Path(out)
     image_out = out.suffix.lower() in IMAGE_EXTENSIONS and out.suffix.lower() != ".gif"
@@ -160,7 +160,7 @@ def write_outputs(out, frames: np.ndarray, fps: float, overwrite: bool = False, 
 def _write_png(path: Path, image: np.ndarray) -> Path:
     from PIL import Image
 
-    from data.atomic import atomic_path
+    from ..data.atomic import atomic_path
 
     with atomic_path(path, overwrite=True) as temp:
         Image.fromarray(image).save(temp, format=path.suffix.lstrip(".").upper().replace("JPG", "JPEG"))

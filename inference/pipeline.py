@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline
 from diffusers.utils import BaseOutput, logging
 
-from models.animator import Animator
-from models.loading import MissingWeightsError, offline_kwargs, require_dir
+from ..models.animator import Animator
+from ..models.loading import MissingWeightsError, offline_kwargs, require_dir
 
 from .io import as_rgb_array, fit_reference, load_pose_frames, resize, round_size
 from .windows import context_windows, position_weights
@@ -159,7 +159,7 @@ class PoseToVideoPipeline(DiffusionPipeline):
         from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
         from transformers import CLIPVisionModelWithProjection
 
-        from models.pose_guider import PoseGuider
+        from ..models.pose_guider import PoseGuider
 
         root = check_model_folder(pretrained_model_name_or_path)
         weights = dict(offline_kwargs(), **({"torch_dtype": torch_dtype} if torch_dtype else {}))

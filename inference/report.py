@@ -259,7 +259,7 @@ def write_report_files(folder: Path, report: dict, clips, methods, load_render, 
     """Write every file of the report into `folder`; load_render(method_index, clip_index) gives the frames."""
     from PIL import Image
 
-    from data.video import write_video
+    from ..data.video import write_video
 
     folder = Path(folder)
     for sub in ("plots", "grids", "videos"):

@@ -33,10 +33,10 @@ import torch
 from diffusers import DDIMScheduler, DiffusionPipeline, UNetMotionModel
 from diffusers.loaders import IPAdapterMixin
 
-from models.attention import (ReferenceAttnProcessor, ReferenceState, install_reference_processors,
+from ..models.attention import (ReferenceAttnProcessor, ReferenceState, install_reference_processors,
                               spatial_self_attention_names)
-from models.loading import MissingWeightsError, offline_kwargs, require_dir, require_file
-from models.pose_guider import ConvInAdder
+from ..models.loading import MissingWeightsError, offline_kwargs, require_dir, require_file
+from ..models.pose_guider import ConvInAdder
 
 SOURCE_NOISES = ("random", "previous-target", "previous-source")
 LAYER_PARTS = {"encoder": "down_blocks", "mid": "mid_block", "decoder": "up_blocks"}
@@ -163,7 +163,7 @@ def to_uint8_frames(images) -> np.ndarray:
 def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
     if frames.shape[1:3] == (height, width):
         return frames
-    from inference.io import resize
+    from .io import resize
 
     return np.stack([resize(frame, width, height) for frame in frames])
 
@@ -262,8 +262,8 @@ class ZeroShotPoseTransferPipeline(DiffusionPipeline, IPAdapterMixin):
         scheduler/. The ReferenceNet and image encoder are not used: the reference is dropped."""
         from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
 
-        from models.motion import to_motion_unet
-        from models.pose_guider import PoseGuider
+        from ..models.motion import to_motion_unet
+        from ..models.pose_guider import PoseGuider
 
         root = require_dir(model_dir, "model folder", must_contain=())
         for part in ("denoising_unet", "pose_guider", "vae"):
@@ -290,7 +290,7 @@ class ZeroShotPoseTransferPipeline(DiffusionPipeline, IPAdapterMixin):
 
     # ------------------------------------------------------------------------------------------- pieces
     def _encode_source(self, source: np.ndarray, height: int, width: int) -> torch.Tensor:
-        from inference.io import fit_reference
+        from .io import fit_reference
 
         image = fit_reference(to_uint8_frames(source)[0], width, height)[None]
         pixels = torch.from_numpy(np.array(image)).permute(0, 3, 1, 2).to(self.device, self.vae.dtype) / 127.5 - 1.0

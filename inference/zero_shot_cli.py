@@ -57,7 +57,7 @@ def register(subparsers) -> None:
 
 def _read_poses(path: Path, max_frames):
     """uint8 (F, H, W, 3) skeletons and the video's fps (None for an image)."""
-    from data.video import load_image_rgb, read_video, video_info
+    from ..data.video import load_image_rgb, read_video, video_info
 
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return load_image_rgb(path)[None], None
@@ -67,7 +67,7 @@ def _read_poses(path: Path, max_frames):
 
 
 def _check_args(args):
-    from marionet import UserError
+    from ..errors import UserError
 
     if args.model and (args.base or args.controlnet or args.ip_adapter or args.image_encoder):
         raise UserError("--model (trained backbone) cannot be combined with --base/--controlnet/--ip-adapter")
@@ -89,8 +89,8 @@ def _check_args(args):
 
 
 def _write(out: Path, frames, fps, overwrite: bool) -> None:
-    from data.atomic import atomic_path
-    from data.video import write_gif, write_video
+    from ..data.atomic import atomic_path
+    from ..data.video import write_gif, write_video
     from PIL import Image
 
     suffix = out.suffix.lower()
@@ -106,14 +106,14 @@ def _write(out: Path, frames, fps, overwrite: bool) -> None:
 def run_zero_shot(args) -> int:
     import time
 
-    from marionet import UserError
+    from ..errors import UserError
 
     out = _check_args(args)
     import torch
 
-    from data.video import load_image_rgb
-    from inference.zero_shot import ZeroShotOptions, ZeroShotPoseTransferPipeline, parse_swap_steps, resize_frames
-    from models.loading import MissingWeightsError
+    from ..data.video import load_image_rgb
+    from .zero_shot import ZeroShotOptions, ZeroShotPoseTransferPipeline, parse_swap_steps, resize_frames
+    from ..models.loading import MissingWeightsError
 
     try:
         options = ZeroShotOptions(swap=not args.no_swap, source_noise=args.source_noise,
@@ -181,8 +181,8 @@ def benchmark(size: int = 128, steps: int = 10, repeats: int = 2) -> None:
     import torch
     from diffusers import ControlNetModel
 
-    from inference.zero_shot import ZeroShotOptions, ZeroShotPoseTransferPipeline
-    from models import build_tiny_components
+    from .zero_shot import ZeroShotOptions, ZeroShotPoseTransferPipeline
+    from ..models import build_tiny_components
 
     parts = build_tiny_components(seed=0)
     controlnet = ControlNetModel.from_unet(parts["unet"], conditioning_embedding_out_channels=(8, 16, 32, 64))

@@ -52,12 +52,12 @@ def run_info(args) -> int:
 def run_tiny_model(args) -> int:
     from pathlib import Path
 
-    from marionet import UserError
+    from ..errors import UserError
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise UserError(f"{out} exists and is not empty (use --overwrite to replace it)")
-    from models.tiny import write_tiny_model
+    from .tiny import write_tiny_model
 
     write_tiny_model(out, with_motion=args.with_motion, seed=args.seed)
     print(f"wrote tiny {'video' if args.with_motion else 'image'} model to {out}")

@@ -87,9 +87,9 @@ def _common_flags(parser) -> None:
 
 def _guard(work):
     """Run `work()`, turning the converters' input errors into one-line user errors."""
-    from marionet import UserError
-    from models.convert.common import ConversionError
-    from models.loading import MissingWeightsError
+    from ..errors import UserError
+    from .convert.common import ConversionError
+    from .loading import MissingWeightsError
 
     try:
         return work()
@@ -111,15 +111,15 @@ def _print_report(report: dict) -> None:
 
 
 def run_moore(args) -> int:
-    from models.convert.common import prepare_output, write_folder_atomically
+    from .convert.common import prepare_output, write_folder_atomically
 
     def work():
         prepare_output(args.out, args.overwrite)
-        from models.convert.base import load_base_components
-        from models.convert.moore_aa import check_release_folder, convert_moore_release
+        from .convert.base import load_base_components
+        from .convert.moore_aa import check_release_folder, convert_moore_release
 
         check_release_folder(args.weights)  # before the (slow) base loading
-        from models.export import export_model_folder
+        from .export import export_model_folder
 
         with _progress(3, "convert moore-aa") as bar:
             base = load_base_components(args.base, vae=args.vae, image_encoder=args.image_encoder,
@@ -130,7 +130,7 @@ def run_moore(args) -> int:
                 args.weights, base["unet_config"], heads=args.motion_heads, norm_groups=args.motion_norm_groups,
                 max_seq_length=args.max_frames, use_motion=not args.no_motion, allow_pickle=args.allow_pickle)
             bar.update()
-            from models.convert.moore_aa import release_scheduler
+            from .convert.moore_aa import release_scheduler
 
             scheduler = release_scheduler(args.schedule)
             write_folder_atomically(args.out, lambda tmp: export_model_folder(
@@ -147,8 +147,8 @@ def run_moore(args) -> int:
 
 
 def run_motion(args) -> int:
-    from models.convert.common import prepare_output, write_folder_atomically
-    from models.convert.motion_module import load_motion_adapter
+    from .convert.common import prepare_output, write_folder_atomically
+    from .convert.motion_module import load_motion_adapter
 
     def work():
         prepare_output(args.out, args.overwrite)
@@ -169,8 +169,8 @@ def run_motion(args) -> int:
 
 
 def run_single_file(args) -> int:
-    from models.convert.common import prepare_output, write_folder_atomically
-    from models.convert.single_file import convert_single_file, write_diffusers_folder
+    from .convert.common import prepare_output, write_folder_atomically
+    from .convert.single_file import convert_single_file, write_diffusers_folder
 
     def work():
         prepare_output(args.out, args.overwrite)
@@ -189,8 +189,8 @@ def run_single_file(args) -> int:
 
 
 def run_pose_guider(args) -> int:
-    from models.convert.base import load_pose_guider_init
-    from models.convert.common import prepare_output, write_folder_atomically
+    from .convert.base import load_pose_guider_init
+    from .convert.common import prepare_output, write_folder_atomically
 
     def work():
         prepare_output(args.out, args.overwrite)

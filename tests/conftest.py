@@ -14,7 +14,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 @pytest.fixture(scope="session")
 def tiny_parts():
-    from models import build_tiny_components
+    from marionet.models import build_tiny_components
 
     return build_tiny_components(seed=0, with_motion=True)
 
@@ -25,7 +25,7 @@ def make_animator(parts, with_motion: bool = False, seed: int = 0):
 
     from diffusers import UNet2DConditionModel
 
-    from models import Animator
+    from marionet.models import Animator
 
     unet = copy.deepcopy(parts["unet"])
     reference = UNet2DConditionModel.from_config(unet.config)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from models import Animator, ReferenceAttnProcessor
+from marionet.models import Animator, ReferenceAttnProcessor
 from tests.conftest import make_animator, randomize_
 
 
@@ -116,7 +116,7 @@ def test_stage2_freeze_leaves_exactly_motion_modules_trainable(tiny_parts):
 
 
 def test_video_model_runs_and_uses_per_frame_group_norm(tiny_parts):
-    from models import PerFrameGroupNorm
+    from marionet.models import PerFrameGroupNorm
 
     animator = make_animator(tiny_parts, with_motion=True)
     norms = [m for m in animator.denoising_unet.modules() if isinstance(m, PerFrameGroupNorm)]
@@ -135,7 +135,7 @@ def test_video_model_runs_and_uses_per_frame_group_norm(tiny_parts):
 
 
 def test_per_frame_group_norm_normalises_each_frame():
-    from models import PerFrameGroupNorm
+    from marionet.models import PerFrameGroupNorm
 
     norm = PerFrameGroupNorm(2, 4)
     x = torch.randn(2, 4, 3, 5, 5)
@@ -160,7 +160,7 @@ def test_save_and_load_reproduce_outputs_exactly(tiny_parts, tmp_path, with_moti
 
 
 def test_missing_model_subfolder_is_named(tmp_path):
-    from models import MissingWeightsError
+    from marionet.models import MissingWeightsError
 
     with pytest.raises(MissingWeightsError, match="reference_unet"):
         (tmp_path / "m").mkdir()
@@ -172,7 +172,7 @@ def test_missing_model_subfolder_is_named(tmp_path):
 def test_pose_guider_initialises_from_controlnet(tiny_parts):
     from diffusers import ControlNetModel
 
-    from models import PoseGuider
+    from marionet.models import PoseGuider
 
     controlnet = ControlNetModel.from_unet(tiny_parts["unet"], conditioning_embedding_out_channels=(8, 16, 32, 64))
     randomize_(controlnet.controlnet_cond_embedding, seed=3)

@@ -3,7 +3,7 @@ import pytest
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-from models import ReferenceAttnProcessor, ReferenceState
+from marionet.models import ReferenceAttnProcessor, ReferenceState
 
 
 def make_attention(dim=32, heads=4):

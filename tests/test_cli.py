@@ -4,12 +4,12 @@ import sys
 
 import pytest
 
-import marionet
+from marionet.cli import main as marionet_main
 
 
 def test_help_lists_commands(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        marionet.main(["--help"])
+        marionet_main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "info" in out and "tiny-model" in out
@@ -23,12 +23,12 @@ def test_info_prints_versions_and_device():
 
 
 def test_tiny_model_refuses_to_overwrite_and_writes_loadable_folder(tmp_path, capsys):
-    from models import Animator
+    from marionet.models import Animator
 
     out = tmp_path / "tiny"
-    assert marionet.main(["tiny-model", "--out", str(out)]) == 0
+    assert marionet_main(["tiny-model", "--out", str(out)]) == 0
     assert Animator.from_pretrained(out).is_video_model is False
     for part in ("vae", "image_encoder", "feature_extractor", "scheduler"):
         assert (out / part).is_dir(), part
-    assert marionet.main(["tiny-model", "--out", str(out)]) == 2
+    assert marionet_main(["tiny-model", "--out", str(out)]) == 2
     assert "exists" in capsys.readouterr().err

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-import marionet
-from inference import metrics as M
-from inference.compare import (Clip, CompareError, build_method, load_clips, parse_method, register_method_kind,
+from marionet.cli import main as marionet_main
+from marionet.inference import metrics as M
+from marionet.inference.compare import (Clip, CompareError, build_method, load_clips, parse_method, register_method_kind,
                                run_comparison)
 
 SIZE, FRAMES = 16, 4
@@ -86,7 +86,7 @@ def test_stand_in_methods_give_hand_computed_metrics_and_every_artefact(tmp_path
         assert (out / name).stat().st_size > 1000
     from PIL import Image
 
-    from data.video import read_video
+    from marionet.data.video import read_video
 
     grid = np.asarray(Image.open(out / "grids" / "video0.png"))
     assert grid.shape == (4 * SIZE, 96 + FRAMES * SIZE, 3)  # rows: truth, pose, two methods
@@ -168,7 +168,7 @@ def test_method_spec_grammar(tmp_path):
         build_method("zs=zero-shot:base=/sd,ip_adapter=/f,image_encoder=/e")
     with pytest.raises(CompareError, match="unknown option 'steps'"):
         build_method("p=pose-only:model=/m,steps=3")
-    from models.loading import MissingWeightsError
+    from marionet.models.loading import MissingWeightsError
 
     with pytest.raises(MissingWeightsError, match="method ours"):
         build_method(f"ours=trained:model={tmp_path / 'absent'}")
@@ -176,7 +176,7 @@ def test_method_spec_grammar(tmp_path):
 
 @pytest.fixture(scope="module")
 def synth_data(tmp_path_factory):
-    from data.synth import generate_dataset
+    from marionet.data.synth import generate_dataset
 
     return generate_dataset(tmp_path_factory.mktemp("synth"), videos=2, frames=6, size=32, seed=0)
 
@@ -188,7 +188,7 @@ def _copy_ref_factory(spec, context):
 
 
 def test_cli_on_synthetic_data_and_shards(synth_data, tmp_path, capsys):
-    from data.shards import write_shards
+    from marionet.data.shards import write_shards
 
     register_method_kind("test-copy-ref", _copy_ref_factory)
     clips = load_clips(synth_data, frames=4, ref_frame=2)
@@ -203,26 +203,26 @@ def test_cli_on_synthetic_data_and_shards(synth_data, tmp_path, capsys):
     out = tmp_path / "report"
     args = ["compare", "--data", str(synth_data), "--method", "copy=test-copy-ref:", "--out", str(out),
             "--frames", "4", "--size", "24x16", "--steps", "1", "--videos", "1"]
-    assert marionet.main(args) == 0
+    assert marionet_main(args) == 0
     printed = capsys.readouterr().out
     assert "copy: PSNR" in printed and str(out) in printed
     report = json.loads((out / "report.json").read_text())
     assert report["videos"][0]["width"] == 24 and report["videos"][0]["height"] == 16
     assert report["settings"]["size"] == [24, 16] and len(report["per_video"]) == 1
-    assert marionet.main(args) == 2  # refuses to overwrite
+    assert marionet_main(args) == 2  # refuses to overwrite
     assert "--overwrite" in capsys.readouterr().err
-    assert marionet.main(args + ["--overwrite"]) == 0
-    assert marionet.main(["compare", "--data", str(tmp_path / "none.json"), "--method", "a=b", "--out",
+    assert marionet_main(args + ["--overwrite"]) == 0
+    assert marionet_main(["compare", "--data", str(tmp_path / "none.json"), "--method", "a=b", "--out",
                           str(tmp_path / "x")]) == 2
     assert "index file not found" in capsys.readouterr().err
-    assert marionet.main(["compare", "--data", str(manifest), "--method", "a=nope:x=1", "--out",
+    assert marionet_main(["compare", "--data", str(manifest), "--method", "a=nope:x=1", "--out",
                           str(tmp_path / "y")]) == 2
     assert "unknown kind" in capsys.readouterr().err
 
 
 def test_builtin_methods_on_a_tiny_model(tmp_path, synth_data):
     """trained / pose-only / zero-shot on a model folder: right shapes, and pose-only ignores the reference."""
-    from models.tiny import write_tiny_model
+    from marionet.models.tiny import write_tiny_model
 
     model = write_tiny_model(tmp_path / "tiny", with_motion=False, seed=0)
     clip = load_clips(synth_data, videos=1, frames=2)[0]
@@ -242,7 +242,7 @@ def test_stock_zero_shot_spec_on_tiny_folders(tmp_path, tiny_parts, synth_data):
     """zero-shot:base=...,controlnet=...,ip_adapter=...,image_encoder=... loads local folders and renders."""
     from test_zero_shot import dummy_ip_adapter_state_dict, tiny_controlnet
 
-    from models import save_base_folder
+    from marionet.models import save_base_folder
 
     base = save_base_folder({k: tiny_parts[k] for k in ("unet", "vae", "image_encoder", "feature_extractor",
                                                         "scheduler")}, tmp_path / "sd15")

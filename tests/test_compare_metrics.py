@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from inference import metrics as M
+from marionet.inference import metrics as M
 
 
 def _checker(shape, amplitude: int) -> np.ndarray:

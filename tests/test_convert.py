@@ -27,8 +27,8 @@ def motion_ckpt(tmp_path_factory):
 
 
 def test_motion_module_equals_original_forward(motion_ckpt):
-    from models.convert.motion_module import load_motion_adapter
-    from models.motion import use_per_frame_norm
+    from marionet.models.convert.motion_module import load_motion_adapter
+    from marionet.models.motion import use_per_frame_norm
 
     path, state = motion_ckpt
     adapter, info = load_motion_adapter(path, heads=HEADS)
@@ -47,8 +47,8 @@ def test_motion_module_equals_original_forward(motion_ckpt):
 def test_motion_unet_equals_original_and_stock_diffusers_differs(motion_ckpt, tiny_parts):
     from diffusers import UNetMotionModel
 
-    from models.convert.motion_module import load_motion_adapter
-    from models.motion import to_motion_unet
+    from marionet.models.convert.motion_module import load_motion_adapter
+    from marionet.models.motion import to_motion_unet
 
     path, state = motion_ckpt
     adapter, _ = load_motion_adapter(path, heads=HEADS)
@@ -73,8 +73,8 @@ def test_motion_unet_equals_original_and_stock_diffusers_differs(motion_ckpt, ti
 
 
 def test_motion_module_cli_round_trip(motion_ckpt, tmp_path):
-    from marionet import main
-    from models.convert.motion_module import load_motion_adapter
+    from marionet.cli import main
+    from marionet.models.convert.motion_module import load_motion_adapter
 
     path, _ = motion_ckpt
     out = tmp_path / "adapter"
@@ -92,8 +92,8 @@ def test_motion_module_cli_round_trip(motion_ckpt, tmp_path):
 
 @pytest.mark.parametrize("damage", ["unexpected", "shape", "pe", "not_motion"])
 def test_motion_module_bad_checkpoints_are_named(motion_ckpt, tmp_path, damage):
-    from models.convert.common import ConversionError
-    from models.convert.motion_module import load_motion_adapter
+    from marionet.models.convert.common import ConversionError
+    from marionet.models.convert.motion_module import load_motion_adapter
 
     _, state = motion_ckpt
     state = dict(state)
@@ -118,7 +118,7 @@ def test_motion_module_bad_checkpoints_are_named(motion_ckpt, tmp_path, damage):
 
 
 def test_unsafe_pickle_is_refused_with_the_file_named(tmp_path):
-    from models.convert.common import ConversionError, read_state_dict
+    from marionet.models.convert.common import ConversionError, read_state_dict
 
     path = tmp_path / "weird.pth"
     torch.save({"w": torch.zeros(1), "obj": _Opaque()}, path)
@@ -140,7 +140,7 @@ def test_sd15_motion_layout_gives_animatediffs_adapter_config():
     """mm_sd_v15_v2.ckpt's layout (shapes only, on the meta device): 21 modules x 28 tensors, 32-frame tables."""
     from diffusers import MotionAdapter
 
-    from models.convert.motion_module import adapter_config_from_state, convert_original_motion_state
+    from marionet.models.convert.motion_module import adapter_config_from_state, convert_original_motion_state
 
     state = {}
     for prefix, c in motion_module_locations((320, 640, 1280, 1280), 2):
@@ -174,8 +174,8 @@ def test_sd15_motion_layout_gives_animatediffs_adapter_config():
 
 def test_longer_frame_limit_keeps_the_numbers(motion_ckpt):
     """--max-frames 48 on a 24-frame checkpoint: diffusers' longer sinusoid extends the checkpoint's table."""
-    from models.convert.motion_module import load_motion_adapter
-    from models.motion import use_per_frame_norm
+    from marionet.models.convert.motion_module import load_motion_adapter
+    from marionet.models.motion import use_per_frame_norm
 
     path, state = motion_ckpt
     short, _ = load_motion_adapter(path, heads=HEADS)

@@ -86,7 +86,7 @@ def _inputs(batch, frames, seed=0):
 
 
 def test_video_with_guidance_equals_their_forward(release, tiny_parts):
-    from models.convert.moore_aa import convert_moore_release
+    from marionet.models.convert.moore_aa import convert_moore_release
 
     root, files = release
     animator, report = convert_moore_release(root, dict(tiny_parts["unet"].config), heads=HEADS)
@@ -114,7 +114,7 @@ def test_video_with_guidance_equals_their_forward(release, tiny_parts):
 
 
 def test_stage1_image_model_equals_their_training_forward(release, tiny_parts):
-    from models.convert.moore_aa import convert_moore_release
+    from marionet.models.convert.moore_aa import convert_moore_release
 
     root, files = release
     animator, report = convert_moore_release(root, dict(tiny_parts["unet"].config), use_motion=False)
@@ -128,9 +128,9 @@ def test_stage1_image_model_equals_their_training_forward(release, tiny_parts):
 
 
 def test_cli_writes_a_model_folder_that_loads_to_the_same_numbers(release, tiny_parts, tmp_path):
-    from marionet import main
-    from models import Animator, save_base_folder
-    from models.convert.moore_aa import convert_moore_release
+    from marionet.cli import main
+    from marionet.models import Animator, save_base_folder
+    from marionet.models.convert.moore_aa import convert_moore_release
 
     root, _ = release
     base = save_base_folder({k: v for k, v in tiny_parts.items() if k not in ("pose_guider", "motion_adapter")},
@@ -154,14 +154,14 @@ def test_cli_writes_a_model_folder_that_loads_to_the_same_numbers(release, tiny_
     scheduler = DDIMScheduler.from_pretrained(out / "scheduler")
     assert scheduler.config.prediction_type == "v_prediction" and scheduler.config.rescale_betas_zero_snr
     assert scheduler.config.beta_schedule == "scaled_linear"
-    from models.convert.moore_aa import release_scheduler
+    from marionet.models.convert.moore_aa import release_scheduler
 
     assert release_scheduler("released-inference").config.beta_schedule == "linear"
 
 
 @pytest.mark.parametrize("damage", ["unexpected", "shape", "missing_file"])
 def test_bad_release_is_reported_and_nothing_is_written(release, tiny_parts, tmp_path, damage):
-    from marionet import main
+    from marionet.cli import main
 
     root, files = release
     bad = tmp_path / "bad"
@@ -176,7 +176,7 @@ def test_bad_release_is_reported_and_nothing_is_written(release, tiny_parts, tmp
             continue
         torch.save(state, bad / name)
     base = tmp_path / "base"
-    from models import save_base_folder
+    from marionet.models import save_base_folder
 
     save_base_folder({k: v for k, v in tiny_parts.items() if k not in ("pose_guider", "motion_adapter")}, base)
     out = tmp_path / "model"
@@ -186,8 +186,8 @@ def test_bad_release_is_reported_and_nothing_is_written(release, tiny_parts, tmp
 
 
 def test_bad_release_messages_name_the_file_and_key(release, tiny_parts, tmp_path):
-    from models.convert.common import ConversionError
-    from models.convert.moore_aa import convert_moore_release
+    from marionet.models.convert.common import ConversionError
+    from marionet.models.convert.moore_aa import convert_moore_release
 
     root, files = release
     bad = tmp_path / "bad"

@@ -23,7 +23,7 @@ def sd_file(tmp_path_factory, tiny_parts):
 
     from safetensors.torch import save_file
 
-    from models import save_base_folder
+    from marionet.models import save_base_folder
 
     root = tmp_path_factory.mktemp("sd")
     unet = _randomized(copy.deepcopy(tiny_parts["unet"]), 1)
@@ -43,7 +43,7 @@ def _same(a, b):
 
 
 def test_single_file_converts_back_exactly(sd_file):
-    from models.convert.single_file import convert_single_file
+    from marionet.models.convert.single_file import convert_single_file
 
     path, config, unet, vae = sd_file
     parts = convert_single_file(path, config_dir=config)
@@ -59,9 +59,9 @@ def test_single_file_converts_back_exactly(sd_file):
 
 
 def test_single_file_cli_and_base_loading_round_trip(sd_file, tiny_parts, tmp_path):
-    from marionet import main
-    from models import save_base_folder
-    from models.convert.base import load_base_components
+    from marionet.cli import main
+    from marionet.models import save_base_folder
+    from marionet.models.convert.base import load_base_components
 
     path, config, unet, vae = sd_file
     out = tmp_path / "sd"
@@ -80,8 +80,8 @@ def test_single_file_cli_and_base_loading_round_trip(sd_file, tiny_parts, tmp_pa
 def test_single_file_errors(sd_file, tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from models.convert.common import ConversionError
-    from models.convert.single_file import convert_single_file
+    from marionet.models.convert.common import ConversionError
+    from marionet.models.convert.single_file import convert_single_file
 
     path, config, _, _ = sd_file
     state = load_file(str(path))
@@ -98,8 +98,8 @@ def test_single_file_errors(sd_file, tmp_path):
 
 
 def test_missing_base_folders_are_all_named(tmp_path):
-    from models.convert.base import load_base_components
-    from models.loading import MissingWeightsError
+    from marionet.models.convert.base import load_base_components
+    from marionet.models.loading import MissingWeightsError
 
     (tmp_path / "base").mkdir()
     with pytest.raises(MissingWeightsError) as error:
@@ -112,9 +112,9 @@ def test_missing_base_folders_are_all_named(tmp_path):
 def test_pose_guider_from_controlnet_folder(tiny_parts, tmp_path):
     from diffusers import ControlNetModel
 
-    from marionet import main
-    from models import PoseGuider
-    from models.convert.base import load_pose_guider_init
+    from marionet.cli import main
+    from marionet.models import PoseGuider
+    from marionet.models.convert.base import load_pose_guider_init
 
     torch.manual_seed(0)
     controlnet = ControlNetModel.from_unet(tiny_parts["unet"], conditioning_embedding_out_channels=(4, 8, 8, 16))
@@ -139,7 +139,7 @@ def test_builtin_sd15_configs_match_the_real_checkpoint_layout():
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
 
-    from models.convert.single_file import SD15_UNET_CONFIG, SD15_VAE_CONFIG
+    from marionet.models.convert.single_file import SD15_UNET_CONFIG, SD15_VAE_CONFIG
 
     with torch.device("meta"):
         unet, vae = UNet2DConditionModel(**SD15_UNET_CONFIG), AutoencoderKL(**SD15_VAE_CONFIG)

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from marionet import main
+from marionet.cli import main
 
 
 def test_help_lists_data_commands(capsys):

@@ -7,9 +7,9 @@ import pytest
 import torch
 from transformers import CLIPImageProcessor
 
-from data.datasets import Stage1Dataset, Stage2Dataset, collate_skipping, stage1_frames
-from data.synth import generate_dataset
-from data.video import write_video
+from marionet.data.datasets import Stage1Dataset, Stage2Dataset, collate_skipping, stage1_frames
+from marionet.data.synth import generate_dataset
+from marionet.data.video import write_video
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from data.index import build_index, load_index
-from data.video import write_video
+from marionet.data.index import build_index, load_index
+from marionet.data.video import write_video
 
 
 def make_pair(root, name, frames=8, pose_frames=None, size=32):

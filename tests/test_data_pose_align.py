@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from data.align import KINEMATIC_TREE, PoseAligner, align_keypoints, align_poses
+from marionet.data.align import KINEMATIC_TREE, PoseAligner, align_keypoints, align_poses
 
 DRV_SIZE = (320, 240)
 REF_SIZE = (200, 400)
@@ -158,9 +158,9 @@ def test_bad_shapes_are_rejected():
 
 
 def test_align_cli_writes_keypoints_and_video(tmp_path, capsys):
-    from data.skeleton import load_keypoints, save_keypoints
-    from data.video import video_info
-    from marionet import main
+    from marionet.data.skeleton import load_keypoints, save_keypoints
+    from marionet.data.video import video_info
+    from marionet.cli import main
 
     save_keypoints(tmp_path / "ref.json", [{"body": body(REF_PX, REF_SIZE)}], width=200, height=400, fps=10)
     drv_dir = tmp_path / "driving"
@@ -187,8 +187,8 @@ def test_align_cli_writes_keypoints_and_video(tmp_path, capsys):
 
 
 def test_align_cli_user_errors(tmp_path, capsys):
-    from data.skeleton import save_keypoints
-    from marionet import main
+    from marionet.data.skeleton import save_keypoints
+    from marionet.cli import main
 
     code = main(["pose", "align", "--ref-pose", str(tmp_path / "missing.json"), "--driving", str(tmp_path),
                  "--out", str(tmp_path / "out")])

@@ -19,7 +19,7 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from data import dwpose  # noqa: E402
+from marionet.data import dwpose  # noqa: E402
 
 IMAGE_W, IMAGE_H = 160, 120  # letterbox ratio into 640x640: 4.0
 BLOB = (100.0, 50.0)  # (x, y) image pixels
@@ -320,7 +320,7 @@ def test_no_detection_full_frame_fallback_and_empty(tmp_path, models):
 
 # ---------------------------------------------------------------- extraction over videos
 def _write_blob_video(path: Path, frames: int = 5, x0: float = 94.0) -> list[tuple[float, float]]:
-    from data.video import write_video
+    from marionet.data.video import write_video
 
     positions = [(x0 + 3 * i, 45.0 + i) for i in range(frames)]
     write_video(path, [blob_image(x, y, sigma=3.0) for x, y in positions], fps=12)
@@ -341,8 +341,8 @@ def video_dir(tmp_path):
 
 
 def _check_outputs(out: Path, name: str, positions):
-    from data.skeleton import load_keypoints
-    from data.video import read_video, video_info
+    from marionet.data.skeleton import load_keypoints
+    from marionet.data.video import read_video, video_info
 
     pose_video = out / "poses" / f"{name}.mp4"
     frames, fps, width, height = video_info(pose_video)
@@ -359,7 +359,7 @@ def _check_outputs(out: Path, name: str, positions):
 
 
 def test_extract_videos_resume_and_failure_report(video_dir, models, tmp_path):
-    from data.pose_extract import extract_videos
+    from marionet.data.pose_extract import extract_videos
 
     videos, positions = video_dir
     out = tmp_path / "out"
@@ -384,7 +384,7 @@ def test_extract_videos_resume_and_failure_report(video_dir, models, tmp_path):
 
 @pytest.mark.slow
 def test_extract_cli_parallel_workers(video_dir, models, tmp_path, capsys):
-    from marionet import main
+    from marionet.cli import main
 
     videos, positions = video_dir
     out = tmp_path / "out"
@@ -410,9 +410,9 @@ def test_extract_cli_parallel_workers(video_dir, models, tmp_path, capsys):
 def test_extract_still_image_then_use_it_as_align_reference(models, tmp_path, capsys):
     from PIL import Image
 
-    from data.pose_extract import extract_videos
-    from data.skeleton import load_keypoints, save_keypoints
-    from marionet import main
+    from marionet.data.pose_extract import extract_videos
+    from marionet.data.skeleton import load_keypoints, save_keypoints
+    from marionet.cli import main
 
     folder = tmp_path / "refs"
     folder.mkdir()
@@ -436,7 +436,7 @@ def test_extract_still_image_then_use_it_as_align_reference(models, tmp_path, ca
 
 
 def test_extract_cli_user_errors(tmp_path, models, capsys):
-    from marionet import main
+    from marionet.cli import main
 
     (tmp_path / "videos").mkdir()
     code = main(["pose", "extract", "--videos", str(tmp_path / "videos"), "--out", str(tmp_path / "out"),

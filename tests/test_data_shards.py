@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import CLIPImageProcessor
 
-from data.datasets import Stage1Dataset, Stage2Dataset
-from data.shards import ShardStage1Dataset, ShardStage2Dataset, expand_urls, parse_size, write_shards
-from data.synth import generate_dataset
+from marionet.data.datasets import Stage1Dataset, Stage2Dataset
+from marionet.data.shards import ShardStage1Dataset, ShardStage2Dataset, expand_urls, parse_size, write_shards
+from marionet.data.synth import generate_dataset
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from data.skeleton import BODY_COLORS, BODY_LIMBS, LIMB_ALPHA, draw_pose, load_keypoints, save_keypoints
+from marionet.data.skeleton import BODY_COLORS, BODY_LIMBS, LIMB_ALPHA, draw_pose, load_keypoints, save_keypoints
 
 
 def standing_body():

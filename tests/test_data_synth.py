@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data.skeleton import draw_pose, load_keypoints
-from data.synth import ensure_synthetic_dataset, generate_dataset, render_video, sample_grid
-from data.video import read_video, video_info
+from marionet.data.skeleton import draw_pose, load_keypoints
+from marionet.data.synth import ensure_synthetic_dataset, generate_dataset, render_video, sample_grid
+from marionet.data.video import read_video, video_info
 
 
 def test_deterministic_by_seed_and_varied_across_seeds():

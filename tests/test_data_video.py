@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data.video import VideoError, load_image_rgb, read_video, video_info, write_gif, write_video
+from marionet.data.video import VideoError, load_image_rgb, read_video, video_info, write_gif, write_video
 
 
 def ramp_frames(count=6, height=32, width=48):

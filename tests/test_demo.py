@@ -21,8 +21,8 @@ def puppet_like_frames(count=48, size=32, seed=0):
 def test_fit_autoencoder_learns_and_scaling_gives_unit_variance_latents():
     from diffusers import AutoencoderKL
 
-    from models.tiny import tiny_vae_config
-    from train.autoencoder import fit_autoencoder, reconstruction_psnr, set_latent_scaling
+    from marionet.models.tiny import tiny_vae_config
+    from marionet.train.autoencoder import fit_autoencoder, reconstruction_psnr, set_latent_scaling
 
     frames = puppet_like_frames()
     torch.manual_seed(0)

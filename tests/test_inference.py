@@ -6,8 +6,8 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel
 
-from inference.pipeline import PoseToVideoPipeline, combine_guidance, guidance_rows
-from inference.windows import context_windows, position_weights
+from marionet.inference.pipeline import PoseToVideoPipeline, combine_guidance, guidance_rows
+from marionet.inference.windows import context_windows, position_weights
 from tests.conftest import randomize_
 
 SIZE = 64  # pixels; latents 8x8
@@ -148,7 +148,7 @@ def test_batched_guidance_equals_sequential_rows(video_pipe, pose_scale):
     features = animator.encode_pose(pose)
     latents = torch.randn(1, 4, 4, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(0))
     rows = guidance_rows(3.0, pose_scale)
-    from inference.pipeline import Conditioning
+    from marionet.inference.pipeline import Conditioning
 
     cond = Conditioning(embeds, features, rows, 3.0, pose_scale)
     with torch.no_grad():
@@ -226,7 +226,7 @@ def test_save_and_load_round_trip(video_pipe, tmp_path):
 
 
 def test_render_video_returns_uint8_frames(image_pipe):
-    from inference.pipeline import render_video
+    from marionet.inference.pipeline import render_video
 
     reference, poses = sample_inputs(frames=2)
     frames = render_video(image_pipe, reference, list(poses), num_inference_steps=1, guidance_scale=1.0, seed=0)
@@ -274,8 +274,8 @@ def test_frame_noise_correlation_is_saved_with_the_model_and_read_back(tmp_path)
 
     from diffusers import UNet2DConditionModel
 
-    from inference.pipeline import PoseToVideoPipeline
-    from models import Animator, build_tiny_components, export_model_folder
+    from marionet.inference.pipeline import PoseToVideoPipeline
+    from marionet.models import Animator, build_tiny_components, export_model_folder
 
     parts = build_tiny_components(seed=0, with_motion=True)
     unet = parts.pop("unet")
@@ -287,7 +287,7 @@ def test_frame_noise_correlation_is_saved_with_the_model_and_read_back(tmp_path)
 
 
 def test_reference_is_centre_cropped_to_the_output_aspect_not_squashed():
-    from inference.io import fit_reference
+    from marionet.inference.io import fit_reference
 
     image = np.zeros((40, 80, 3), np.uint8)  # landscape: left quarter red, right quarter blue, centre green
     image[:, :20] = (255, 0, 0)

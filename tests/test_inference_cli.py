@@ -6,13 +6,13 @@ import pytest
 import torch
 from PIL import Image
 
-from marionet import main
+from marionet.cli import main
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    from data.video import write_video
-    from models.tiny import write_tiny_model
+    from marionet.data.video import write_video
+    from marionet.models.tiny import write_tiny_model
 
     root = tmp_path_factory.mktemp("animate")
     write_tiny_model(root / "video_model", with_motion=True)
@@ -33,7 +33,7 @@ def animate(workspace, *extra):
 
 
 def test_animate_writes_a_playable_mp4_with_every_frame(workspace, capsys):
-    from data.video import read_video, video_info  # decord underneath
+    from marionet.data.video import read_video, video_info  # decord underneath
 
     out = workspace / "out" / "result.mp4"
     assert animate(workspace, "--pose", workspace / "pose.mp4", "--out", out, "--context", 4, "--overlap", 1,
@@ -110,8 +110,8 @@ def test_extract_pose_without_onnx_files_names_them(workspace, tmp_path, capsys,
 def test_extract_and_align_pose_from_a_driving_video(workspace, tmp_path, capsys):
     """The DWPose path end to end, with the tiny stand-in ONNX models of the DWPose tests."""
     dwpose_tests = pytest.importorskip("tests.test_data_pose_dwpose")
-    from data import dwpose
-    from data.video import video_info
+    from marionet.data import dwpose
+    from marionet.data.video import video_info
 
     det = dwpose_tests.make_detector(tmp_path / dwpose.DET_FILENAME)
     pose_model = dwpose_tests.make_pose_model(tmp_path / dwpose.POSE_FILENAME)

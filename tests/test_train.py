@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from train.config import ConfigError, load_config
+from marionet.train.config import ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,8 +32,8 @@ def tiny_config(root: Path, stage: int = 1, **overrides):
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     """A tiny base folder and a small synthetic data set, made by the same code the tiny configs run."""
-    from train import stage1
-    from train.core import prepare_synthetic_data
+    from marionet.train import stage1
+    from marionet.train.core import prepare_synthetic_data
 
     root = tmp_path_factory.mktemp("train")
     cfg = tiny_config(root)
@@ -71,9 +71,9 @@ def test_every_shipped_config_loads_and_rejects_unknown_keys():
 
 
 def test_min_snr_weights_follow_the_prediction_type_and_survive_zero_terminal_snr():
-    from models import training_scheduler
-    from train.core import make_training_scheduler, min_snr_weights
-    from train.config import NoiseConfig
+    from marionet.models import training_scheduler
+    from marionet.train.core import make_training_scheduler, min_snr_weights
+    from marionet.train.config import NoiseConfig
 
     scheduler = make_training_scheduler(training_scheduler().config, NoiseConfig(zero_terminal_snr=True))
     assert scheduler.config.timestep_spacing == "trailing" and scheduler.alphas_cumprod[-1] < 1e-6
@@ -91,15 +91,15 @@ def test_min_snr_weights_follow_the_prediction_type_and_survive_zero_terminal_sn
 # ------------------------------------------------------------------------------------------------ the step
 
 def load_stage1_parts(cfg):
-    from train import stage1
+    from marionet.train import stage1
 
     torch.manual_seed(0)
     return stage1.load_frozen(cfg), stage1.build_animator(cfg)
 
 
 def fixed_batch(cfg, frozen, count: int = 2):
-    from data.datasets import Stage1Dataset, collate_skipping
-    from train.core import encode_batch
+    from marionet.data.datasets import Stage1Dataset, collate_skipping
+    from marionet.train.core import encode_batch
 
     dataset = Stage1Dataset(cfg.data.meta, cfg.data.image_size, frozen.feature_extractor, min_gap=8, seed=0)
     batch = collate_skipping([dataset[i] for i in range(count)])
@@ -107,7 +107,7 @@ def fixed_batch(cfg, frozen, count: int = 2):
 
 
 def test_stage1_loss_falls_on_a_fixed_batch(assets):
-    from train.core import diffusion_loss, sample_noise
+    from marionet.train.core import diffusion_loss, sample_noise
 
     cfg = tiny_config(assets, **{"noise.reference_dropout": 0.0})
     frozen, animator = load_stage1_parts(cfg)
@@ -128,7 +128,7 @@ def test_stage1_loss_falls_on_a_fixed_batch(assets):
 
 def test_dropped_rows_take_exactly_the_unconditional_path(assets):
     from tests.conftest import randomize_
-    from train.core import diffusion_loss
+    from marionet.train.core import diffusion_loss
 
     cfg = tiny_config(assets)
     frozen, animator = load_stage1_parts(cfg)
@@ -151,8 +151,8 @@ def test_dropped_rows_take_exactly_the_unconditional_path(assets):
 # ------------------------------------------------------------------------------------------------ whole runs
 
 def test_resumed_run_repeats_the_uninterrupted_losses(assets):
-    from models import Animator
-    from train.core import OutputExists, list_checkpoints, run
+    from marionet.models import Animator
+    from marionet.train.core import OutputExists, list_checkpoints, run
 
     whole = run(tiny_config(assets, output_dir=fresh_dir(assets, "whole"), **{"validation.validation_steps": 3}))
     assert sorted(whole.losses) == [1, 2, 3, 4, 5, 6]
@@ -176,7 +176,7 @@ def test_resumed_run_repeats_the_uninterrupted_losses(assets):
 
 
 def test_half_written_checkpoint_is_never_resumed(assets):
-    from train.core import list_checkpoints, resolve_resume
+    from marionet.train.core import list_checkpoints, resolve_resume
 
     out = fresh_dir(assets, "crashed")
     (out / "checkpoint-4").mkdir(parents=True)  # e.g. a copy interrupted before its state file was written
@@ -189,7 +189,7 @@ def test_half_written_checkpoint_is_never_resumed(assets):
 
 
 def test_bad_files_are_skipped_and_counted(assets):
-    from train.core import run
+    from marionet.train.core import run
 
     data = fresh_dir(assets, "bad_data")
     shutil.copytree(assets / "data", data)
@@ -207,7 +207,7 @@ def test_bad_files_are_skipped_and_counted(assets):
 
 
 def test_nonfinite_losses_are_skipped_then_stop_the_run_keeping_the_last_checkpoint(assets, monkeypatch):
-    import train.core as core
+    import marionet.train.core as core
 
     real_loss = core.diffusion_loss
     calls = {"n": 0}
@@ -229,9 +229,9 @@ def test_nonfinite_losses_are_skipped_then_stop_the_run_keeping_the_last_checkpo
 
 
 def test_stage2_trains_motion_modules_only_and_exports_a_loadable_video_model(assets):
-    from models import Animator, write_tiny_model
-    from train import stage2
-    from train.core import run
+    from marionet.models import Animator, write_tiny_model
+    from marionet.train import stage2
+    from marionet.train.core import run
 
     stage1_model = assets / "stage1_model"
     if not stage1_model.exists():
@@ -268,8 +268,8 @@ def test_stage2_trains_motion_modules_only_and_exports_a_loadable_video_model(as
 def test_frame_noise_correlation_shares_part_of_the_noise_across_frames():
     from types import SimpleNamespace
 
-    from train.core import sample_noise
-    from models import training_scheduler
+    from marionet.train.core import sample_noise
+    from marionet.models import training_scheduler
 
     latents = torch.zeros(64, 4, 6, 8, 8)
     for rho in (0.0, 0.5, 1.0):

@@ -23,10 +23,10 @@ import torch
 from accelerate import Accelerator
 
 sys.path.insert(0, sys.argv[2])
-from models import build_tiny_components
+from marionet.models import build_tiny_components
 from tests.conftest import make_animator, randomize_
-from train.config import NoiseConfig
-from train.core import diffusion_loss, make_training_scheduler
+from marionet.train.config import NoiseConfig
+from marionet.train.core import diffusion_loss, make_training_scheduler
 
 accelerator = Accelerator(cpu=not torch.cuda.is_available())
 parts = build_tiny_components(seed=0)
@@ -78,7 +78,11 @@ def test_two_process_ddp_gradient_equals_one_process_on_the_whole_batch(tmp_path
     assert ddp.keys() == one.keys() and len(one) > 100
     assert any(name.startswith("reference_unet.") for name in one)  # the ReferenceNet learns through the bank
     for name in one:
-        assert torch.allclose(ddp[name], one[name], rtol=1e-4, atol=1e-7), name
+        # Relative L2 error per tensor: the reduction order differs between one process and two (all-reduce), so
+        # single elements that nearly cancel can differ by more than any elementwise tolerance; a wrong averaging
+        # (a sum instead of a mean, a missing share) is off by O(1).
+        error = (ddp[name] - one[name]).norm() / one[name].norm().clamp(min=1e-12)
+        assert error < 1e-5, f"{name}: relative error {error:.2e}"
     total = torch.cat([g.flatten() for g in one.values()])
     assert total.abs().max() > 0
 
@@ -86,7 +90,7 @@ def test_two_process_ddp_gradient_equals_one_process_on_the_whole_batch(tmp_path
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed is not installed")
 def test_deepspeed_zero2_one_process_runs_tiny_stage1(tmp_path):
-    from data.synth import generate_dataset
+    from marionet.data.synth import generate_dataset
 
     meta = generate_dataset(tmp_path / "data", 3, 16, 32, 0)
     out = tmp_path / "run"

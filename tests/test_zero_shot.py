@@ -7,9 +7,9 @@ import pytest
 import torch
 from diffusers.models.attention_processor import Attention
 
-from inference.zero_shot import (ZeroShotOptions, ZeroShotPoseTransferPipeline, layer_resolution_divisor,
+from marionet.inference.zero_shot import (ZeroShotOptions, ZeroShotPoseTransferPipeline, layer_resolution_divisor,
                                  parse_swap_steps, render_zero_shot, select_swap_layers)
-from models import ReferenceAttnProcessor, ReferenceState
+from marionet.models import ReferenceAttnProcessor, ReferenceState
 
 SIZE = 64  # pixels: 8x8 latents with the tiny 8x VAE
 
@@ -262,7 +262,7 @@ def test_cli_options_reach_the_processors(parts):
 # --------------------------------------------------------------------------------------------------- trained backbone
 @pytest.mark.parametrize("with_motion", [False, True])
 def test_trained_backbone_mode_runs_on_a_tiny_model_folder(tmp_path, with_motion):
-    from models import write_tiny_model
+    from marionet.models import write_tiny_model
 
     model_dir = write_tiny_model(tmp_path / "model", with_motion=with_motion)
     source, poses = images(frames=2)
@@ -287,7 +287,7 @@ def test_from_stock_uses_the_encoded_empty_prompt_when_the_folder_has_a_text_enc
 
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from models import save_base_folder
+    from marionet.models import save_base_folder
 
     base = save_base_folder({k: tiny_parts[k] for k in ("unet", "vae", "scheduler")}, tmp_path / "sd15")
     tiny_controlnet(tiny_parts["unet"]).save_pretrained(tmp_path / "controlnet")
@@ -317,7 +317,7 @@ def test_trained_backbone_with_swap_off_is_the_models_own_unconditional_path(tmp
     from diffusers.utils.torch_utils import randn_tensor
 
     from conftest import randomize_
-    from models import Animator, write_tiny_model
+    from marionet.models import Animator, write_tiny_model
 
     model_dir = write_tiny_model(tmp_path / "model", with_motion=with_motion)
     animator = Animator.from_pretrained(model_dir)

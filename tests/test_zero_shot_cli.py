@@ -5,13 +5,13 @@ import pytest
 import torch
 from PIL import Image
 
-from marionet import main
+from marionet.cli import main
 from test_zero_shot import dummy_ip_adapter_state_dict, images, tiny_controlnet
 
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory, tiny_parts):
-    from models import save_base_folder, write_tiny_model
+    from marionet.models import save_base_folder, write_tiny_model
 
     root = tmp_path_factory.mktemp("zero_shot_cli")
     base_parts = {k: tiny_parts[k] for k in ("unet", "vae", "image_encoder", "feature_extractor", "scheduler")}
@@ -23,7 +23,7 @@ def folders(tmp_path_factory, tiny_parts):
     source, poses = images(frames=3)
     Image.fromarray(source).save(root / "ref.png")
     Image.fromarray(poses[0]).save(root / "pose.png")
-    from data.video import write_video
+    from marionet.data.video import write_video
 
     write_video(root / "pose.mp4", poses, fps=6)
     return {"root": root, "base": base, "controlnet": root / "controlnet", "ip": ip_file, "model": model}
@@ -50,7 +50,7 @@ def test_stock_form_writes_an_image_and_refuses_to_overwrite(folders, tmp_path, 
 
 
 def test_trained_form_renders_a_pose_video(folders, tmp_path, capsys):
-    from data.video import video_info
+    from marionet.data.video import video_info
 
     out = tmp_path / "out.mp4"
     assert main(["zero-shot", "--model", str(folders["model"]), "--ref", str(folders["root"] / "ref.png"),

@@ -16,8 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as a file from a clone: import marionet from this checkout
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import torch  # noqa: E402
 
@@ -41,7 +41,7 @@ def build(arch: str, video: bool):
     from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from models import Animator, PoseGuider, build_tiny_components, training_scheduler
+    from marionet.models import Animator, PoseGuider, build_tiny_components, training_scheduler
 
     torch.manual_seed(0)
     if arch == "tiny":
@@ -77,8 +77,8 @@ def main(argv=None) -> int:
 
     from tqdm.auto import tqdm
 
-    from train.config import TrainConfig, load_config
-    from train.core import Frozen, diffusion_loss, encode_batch, make_training_scheduler, sample_noise, \
+    from marionet.train.config import TrainConfig, load_config
+    from marionet.train.core import Frozen, diffusion_loss, encode_batch, make_training_scheduler, sample_noise, \
         step_generator
 
     cfg = load_config(args.config) if args.config else None

@@ -9,10 +9,10 @@ import argparse
 
 
 def _train(args) -> int:
-    from marionet import UserError
-    from models.loading import MissingWeightsError
-    from train.config import ConfigError, load_config
-    from train.core import OutputExists, TrainingDiverged, run
+    from ..errors import UserError
+    from ..models.loading import MissingWeightsError
+    from .config import ConfigError, load_config
+    from .core import OutputExists, TrainingDiverged, run
 
     stage = int(args.stage[-1])
     try:

@@ -122,18 +122,25 @@ class ConfigError(ValueError):
 
 
 def load_config(path=None, overrides=None) -> TrainConfig:
-    """TrainConfig defaults <- YAML file <- overrides (a list of "a.b=value" strings or a nested dict)."""
+    """TrainConfig defaults <- YAML file <- overrides (a list of "a.b=value" strings or a nested dict).
+
+    path: a YAML file, or the name of a shipped config (`configs/tiny/stage1.yaml`, `tiny/stage1.yaml`), which is
+    read from the installed package, so the same command works in a clone and from a wheel.
+    """
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
+
+    from .. import configs
 
     schema = OmegaConf.structured(TrainConfig)
     layers = [schema]
     try:
         if path is not None:
-            path = Path(path)
-            if not path.is_file():
-                raise ConfigError(f"config file not found: {path}")
-            layers.append(OmegaConf.load(path))
+            try:  # a file, else a shipped config such as "tiny/stage1.yaml"
+                path, text = configs.locate(path)
+            except FileNotFoundError as error:
+                raise ConfigError(str(error)) from None
+            layers.append(OmegaConf.create(text))
         if overrides:
             layers.append(OmegaConf.from_dotlist(list(overrides)) if isinstance(overrides, (list, tuple))
                           else OmegaConf.create(overrides))

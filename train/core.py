@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from train.config import ConfigError, TrainConfig, as_flat_dict
+from .config import ConfigError, TrainConfig, as_flat_dict
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 
@@ -196,14 +196,14 @@ def make_dataset(cfg: TrainConfig, source, processor, n_frames: int | None = Non
     data = cfg.data
     frames = n_frames or data.n_frames
     if shards:
-        from data.shards import ShardStage1Dataset, ShardStage2Dataset
+        from ..data.shards import ShardStage1Dataset, ShardStage2Dataset
 
         if cfg.stage == 1:
             return ShardStage1Dataset(source, data.image_size, processor, min_gap=data.min_gap, seed=cfg.seed,
                                       rank=rank, world_size=world_size)
         return ShardStage2Dataset(source, data.image_size, frames, data.frame_stride, processor, seed=cfg.seed,
                                   rank=rank, world_size=world_size)
-    from data.datasets import Stage1Dataset, Stage2Dataset
+    from ..data.datasets import Stage1Dataset, Stage2Dataset
 
     if cfg.stage == 1:
         return Stage1Dataset(source, data.image_size, processor, min_gap=data.min_gap, seed=cfg.seed)
@@ -213,7 +213,7 @@ def make_dataset(cfg: TrainConfig, source, processor, n_frames: int | None = Non
 def split_data(cfg: TrainConfig) -> tuple[object, list]:
     """(training source, held-out validation entries): a meta file's last videos are held out unless
     data.validation_meta names the held-out pairs."""
-    from data.index import load_index
+    from ..data.index import load_index
 
     held_out = load_index(cfg.data.validation_meta) if cfg.data.validation_meta else []
     if cfg.data.shards:
@@ -227,7 +227,7 @@ def split_data(cfg: TrainConfig) -> tuple[object, list]:
 
 def batch_stream(cfg: TrainConfig, dataset, sampler, accelerator, epoch: int, batch_in_epoch: int):
     """Yield (epoch, batches done in that epoch, batch or None) forever, one epoch after another."""
-    from data.datasets import collate_skipping
+    from ..data.datasets import collate_skipping
 
     while True:
         if hasattr(dataset, "set_epoch"):
@@ -359,13 +359,13 @@ def make_optimizer(cfg: TrainConfig, params: list, world_size: int):
 def stage_module(stage: int):
     import importlib
 
-    return importlib.import_module(f"train.stage{stage}")
+    return importlib.import_module(f".stage{stage}", __package__)
 
 
 def prepare_synthetic_data(cfg: TrainConfig) -> None:
     """Tiny configs: generate the synthetic data set at data.meta's folder when it is missing."""
     if cfg.data.synthetic_videos > 0 and cfg.data.meta and not Path(cfg.data.meta).exists():
-        from data.synth import ensure_synthetic_dataset
+        from ..data.synth import ensure_synthetic_dataset
 
         meta = Path(cfg.data.meta)
         if meta.name != "meta.json":
@@ -395,7 +395,7 @@ def _train(cfg: TrainConfig, stage, accelerator, output_dir: Path) -> TrainResul
     from diffusers.optimization import get_scheduler
     from tqdm.auto import tqdm
 
-    from train.validation import render_validation
+    from .validation import render_validation
 
     main = accelerator.is_main_process
     device = accelerator.device
@@ -576,7 +576,7 @@ def _train(cfg: TrainConfig, stage, accelerator, output_dir: Path) -> TrainResul
 
 def export(cfg: TrainConfig, stage, animator, model_dir: Path) -> Path:
     """The model folder inference loads: Animator + VAE, image encoder, preprocessor and the training scheduler."""
-    from models.export import export_model_folder
+    from ..models.export import export_model_folder
 
     fresh = stage.load_frozen(cfg)  # full-precision copies from disk (the training copies may be fp16)
     animator = animator.to("cpu") if animator.device.type != "cpu" else animator
@@ -591,7 +591,7 @@ def main(stage: int, argv=None) -> int:
     import argparse
     import sys
 
-    from models.loading import MissingWeightsError
+    from ..models.loading import MissingWeightsError
 
     parser = argparse.ArgumentParser(
         prog=f"train/stage{stage}.py",
@@ -600,7 +600,7 @@ def main(stage: int, argv=None) -> int:
     parser.add_argument("--config", required=True, help=f"YAML config, e.g. configs/stage{stage}.yaml")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the config")
     args = parser.parse_args(argv)
-    from train.config import load_config
+    from .config import load_config
 
     try:
         cfg = load_config(args.config, args.overrides)

@@ -15,10 +15,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as a file from a clone: import marionet from this checkout
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from train.core import Frozen, main, make_training_scheduler  # noqa: E402
+from marionet.train.core import Frozen, main, make_training_scheduler  # noqa: E402
 
 
 def prepare_assets(cfg) -> None:
@@ -34,7 +34,7 @@ def prepare_assets(cfg) -> None:
         return
     if base.exists() and not marker.is_file():
         raise FileExistsError(f"{base} exists but is not a tiny base folder (no tiny.json): refusing to replace it")
-    from models.tiny import build_tiny_components, save_base_folder
+    from marionet.models.tiny import build_tiny_components, save_base_folder
 
     parts = build_tiny_components(seed=spec["seed"], with_motion=True, unet_channels=tuple(spec["unet_channels"]),
                                   vae_channels=tuple(spec["vae_channels"]),
@@ -56,7 +56,7 @@ def load_frozen(cfg) -> Frozen:
     """VAE, CLIP image encoder and preprocessor from the base folder (or the folders that override it)."""
     base = Path(cfg.model.base_model)
     if not base.exists():
-        from models.loading import MissingWeightsError
+        from marionet.models.loading import MissingWeightsError
 
         raise MissingWeightsError(f"model.base_model: not found: {base} (an SD1.5-family diffusers folder)")
     return load_frozen_parts(cfg, default_dir=base, scheduler_dir=base / "scheduler", what="model.base_model")
@@ -66,8 +66,8 @@ def load_frozen_parts(cfg, default_dir: Path, scheduler_dir: Path, what: str) ->
     from diffusers import AutoencoderKL
     from transformers import CLIPVisionModelWithProjection
 
-    from models.loading import offline_kwargs, require_dir
-    from models.tiny import CLIPImageProcessor, training_scheduler
+    from marionet.models.loading import offline_kwargs, require_dir
+    from marionet.models.tiny import CLIPImageProcessor, training_scheduler
 
     vae_dir = require_dir(cfg.model.vae or default_dir / "vae", f"VAE ({'model.vae' if cfg.model.vae else what})")
     encoder_dir = require_dir(cfg.model.image_encoder or default_dir / "image_encoder",
@@ -89,12 +89,12 @@ def build_animator(cfg):
     """ReferenceNet and denoising UNet as two copies of the base UNet, plus the Pose Guider; all trainable."""
     from diffusers import UNet2DConditionModel
 
-    from models import Animator, PoseGuider
-    from models.loading import MissingWeightsError, offline_kwargs, require_dir
+    from marionet.models import Animator, PoseGuider
+    from marionet.models.loading import MissingWeightsError, offline_kwargs, require_dir
 
     base = Path(cfg.model.base_model)
     if base.is_file():  # an original single-file checkpoint
-        from models.convert.base import load_base_components
+        from marionet.models.convert.base import load_base_components
 
         unet = load_base_components(base, need_image_encoder=False)["unet"]
     else:
@@ -110,7 +110,7 @@ def build_animator(cfg):
     reference.load_state_dict(unet.state_dict())
     width = unet.config.block_out_channels[0]
     if cfg.model.controlnet:
-        from models.convert.base import load_pose_guider_init
+        from marionet.models.convert.base import load_pose_guider_init
 
         guider = load_pose_guider_init(cfg.model.controlnet, conditioning_embedding_channels=width)
     else:

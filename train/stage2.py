@@ -12,17 +12,17 @@ import sys
 import warnings
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as a file from a clone: import marionet from this checkout
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from train.core import Frozen, main  # noqa: E402
-from train.stage1 import load_frozen_parts  # noqa: E402
+from marionet.train.core import Frozen, main  # noqa: E402
+from marionet.train.stage1 import load_frozen_parts  # noqa: E402
 
 
 def prepare_assets(cfg) -> None:
     """Tiny configs: the tiny base folder (it holds the tiny MotionAdapter); the stage-1 model must exist."""
-    from models.loading import MissingWeightsError
-    from train.stage1 import prepare_assets as prepare_stage1_assets
+    from marionet.models.loading import MissingWeightsError
+    from marionet.train.stage1 import prepare_assets as prepare_stage1_assets
 
     if cfg.tiny.enabled and cfg.model.base_model:
         prepare_stage1_assets(cfg)
@@ -50,11 +50,11 @@ def load_motion_adapter(path):
     """A MotionAdapter from a diffusers folder, or from an original-format checkpoint through the converter."""
     from diffusers import MotionAdapter
 
-    from models.loading import MissingWeightsError, offline_kwargs, require_dir
+    from marionet.models.loading import MissingWeightsError, offline_kwargs, require_dir
 
     path = Path(path)
     try:
-        from models.convert.motion_module import load_motion_adapter as convert_and_load
+        from marionet.models.convert.motion_module import load_motion_adapter as convert_and_load
     except ImportError:
         convert_and_load = None
     if convert_and_load is not None:
@@ -70,8 +70,8 @@ def load_motion_adapter(path):
 
 def build_animator(cfg):
     """The stage-1 Animator + motion modules; only motion-module parameters stay trainable."""
-    from models import Animator
-    from models.loading import MissingWeightsError
+    from marionet.models import Animator
+    from marionet.models.loading import MissingWeightsError
 
     animator = Animator.from_pretrained(cfg.model.stage1_model)
     if animator.is_video_model:

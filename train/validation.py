@@ -21,7 +21,7 @@ def sample(animator, frozen, reference: torch.Tensor, clip_image: torch.Tensor, 
     """Pixels in [-1, 1]: (B, 3, H, W) for (B, 3, H, W) poses, (B, 3, F, H, W) for (B, 3, F, H, W) poses."""
     from diffusers import DDIMScheduler
 
-    from train.core import vae_encode
+    from .core import vae_encode
 
     vae, device = frozen.vae, animator.device
     scheduler = DDIMScheduler.from_config(frozen.scheduler.config)
@@ -69,7 +69,7 @@ def to_uint8(images: torch.Tensor, signed: bool) -> np.ndarray:
 
 def render_validation(animator, frozen, items: list, cfg, step: int, accelerator) -> list[Path]:
     """Sample every held-out item, write the media under output_dir/validation/ and log them; returns the files."""
-    from data.atomic import atomic_path
+    from ..data.atomic import atomic_path
 
     out_dir = Path(cfg.output_dir) / "validation"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -103,7 +103,7 @@ def render_validation(animator, frozen, items: list, cfg, step: int, accelerator
         written.append(path)
         log_image(accelerator, "validation", grid, step)
     else:  # stage 2: the pairs stacked vertically, frame by frame
-        from data.video import write_gif, write_video
+        from ..data.video import write_gif, write_video
 
         frames = np.concatenate(rows, axis=1)
         fps = 8.0
