@@ -43,14 +43,13 @@ def _measure(dataset, workers: int, seconds: float, min_samples: int = 4) -> tup
 def run_benchmark(sizes=(256, 512), workers=(0, 2), videos: int = 6, frames: int = 96, seconds: float = 4.0,
                   stages=(1, 2)) -> list[dict]:
     import torch
-    from transformers import CLIPImageProcessor
-
+    from ..models.loading import clip_image_processor_class
     from .datasets import Stage1Dataset, Stage2Dataset
     from .shards import ShardStage1Dataset, ShardStage2Dataset, write_shards
     from .synth import generate_dataset
 
     torch.set_num_threads(1)
-    processor = CLIPImageProcessor()  # the standard 224 px CLIP preprocessing, built locally
+    processor = clip_image_processor_class()()  # the standard 224 px CLIP preprocessing, built locally
     frames = max(frames, (STAGE2_FRAMES - 1) * STAGE2_STRIDE + 1)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; "
           f"{torch.get_num_threads()} torch thread per process; stage 2 = {STAGE2_FRAMES} frames x stride "

@@ -39,12 +39,12 @@ def load_clip_processor(processor):
     """A CLIPImageProcessor from a local folder (e.g. image_encoder/feature_extractor), or the instance given."""
     if processor is None or not isinstance(processor, (str, Path)):
         return processor
-    from transformers import CLIPImageProcessor
+    from ..models.loading import clip_image_processor_class, offline_kwargs
 
     folder = Path(processor)
     if not (folder / "preprocessor_config.json").is_file():
         raise FileNotFoundError(f"{folder}: no preprocessor_config.json (expected a CLIP feature_extractor folder)")
-    return CLIPImageProcessor.from_pretrained(str(folder))
+    return clip_image_processor_class().from_pretrained(str(folder), **offline_kwargs())
 
 
 # ---------------------------------------------------------------- sampling shared by folder and shard modes

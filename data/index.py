@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from .atomic import write_json
+from ..atomic import write_json
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
 

@@ -6,7 +6,7 @@ For every video under `videos_dir` (recursive; relative sub-folders are kept) it
   fps and frame count as the source;
 - ``OUT/keypoints/<name>.json``: the keypoints (:func:`data.skeleton.save_keypoints` format).
 
-Both files are written atomically (temp file, then os.replace), the JSON last: a video counts as done only when both
+Both files are written atomically (marionet.atomic), the JSON last: a video counts as done only when both
 exist, so a killed run is resumed by running the same command again. Videos are processed in parallel by `workers`
 processes, each with its own onnxruntime sessions; a video that fails is reported at the end and the others go on.
 """
@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
+
+from ..atomic import atomic_path
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")  # e.g. reference images, for `pose align`
@@ -135,7 +137,6 @@ def extract_video(video: str | os.PathLike, pose_path: str | os.PathLike, keypoi
 def extract_image(image: str | os.PathLike, pose_path: str | os.PathLike, keypoints_path: str | os.PathLike,
                   estimator: Callable, threshold: float = 0.3) -> int:
     """One still image: skeleton PNG + keypoints JSON (one frame, fps 0), each written atomically. Returns 1."""
-    import tempfile
 
     from PIL import Image
 
@@ -148,14 +149,8 @@ def extract_image(image: str | os.PathLike, pose_path: str | os.PathLike, keypoi
     canvas = draw_pose(result.body, width, height, hands=result.hands, face=result.face, threshold=threshold)
     pose_path = Path(pose_path)
     pose_path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{pose_path.stem}.", suffix=".tmp.png", dir=pose_path.parent)
-    os.close(handle)
-    try:
+    with atomic_path(pose_path) as temp:
         Image.fromarray(canvas).save(temp, format="PNG")
-        os.replace(temp, pose_path)
-    finally:
-        if os.path.exists(temp):
-            os.unlink(temp)
     save_keypoints(keypoints_path, [_pose_record(result)], width=width, height=height, fps=0.0)
     return 1
 

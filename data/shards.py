@@ -17,13 +17,12 @@ import os
 import re
 import shutil
 import tarfile
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .atomic import write_json
+from ..atomic import publish_file, staging_folder, write_json
 from .datasets import BadSample, SampleSpec, build_sample, item_rng
 
 logger = logging.getLogger("marionet.data")
@@ -62,7 +61,7 @@ def write_shards(meta_path, out_dir, max_size="1GB", max_count: int = 100000, mi
     if not entries:
         raise ValueError(f"{meta_path}: the index has no entries")
     out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".shards-", dir=out))
+    staging = staging_folder(out / "shards")
     counts: dict[str, int] = {}
     rejected = []
     iterator = enumerate(entries)
@@ -85,7 +84,7 @@ def write_shards(meta_path, out_dir, max_size="1GB", max_count: int = 100000, mi
                 counts[name] = counts.get(name, 0) + 1
         shards = []
         for name in sorted(counts):
-            os.replace(staging / name, out / name)
+            publish_file(staging / name, out / name)
             shards.append({"path": name, "samples": counts[name], "bytes": (out / name).stat().st_size})
     finally:
         shutil.rmtree(staging, ignore_errors=True)

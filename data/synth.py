@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import write_json
+from ..atomic import write_json
 from .skeleton import BODY_NAMES, draw_pose, save_keypoints
 from .video import write_video
 

@@ -1,7 +1,7 @@
 """Video and image IO shared by the whole project: decord for reading, imageio-ffmpeg (H.264) for writing.
 
 Readers accept a path, raw bytes or a binary file object (shards hand us mp4 bytes) and raise errors that name the file.
-Writers are atomic (temp file in the same folder, then os.replace) and refuse to replace an existing file unless told to.
+Writers are atomic (marionet.atomic: a temp file in the same folder, moved into place) and refuse to replace an existing file unless told to.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .atomic import atomic_path
+from ..atomic import atomic_path
 
 
 class VideoError(ValueError):

@@ -120,8 +120,8 @@ def run_animate(args) -> int:
         print(f"note: size rounded down to {width}x{height} (multiples of 8)")
 
     from ..models.loading import MissingWeightsError
-
     from .pipeline import PoseToVideoPipeline
+    from .sampling import to_uint8
 
     try:
         pipe = PoseToVideoPipeline.from_pretrained(args.model, torch_dtype=dtype)
@@ -142,8 +142,9 @@ def run_animate(args) -> int:
         frames = pipe(reference, poses, height=height, width=width, num_inference_steps=args.steps,
                       guidance_scale=args.guidance, pose_guidance_scale=args.pose_guidance,
                       context_frames=args.context, context_overlap=args.overlap, closed_loop=args.closed_loop,
-                      decode_chunk_size=args.decode_chunk, seed=args.seed, reroll_mask=reroll_mask,
-                      reroll_seed=args.reroll_seed).frames
+                      decode_chunk_size=args.decode_chunk, generator=torch.Generator().manual_seed(args.seed),
+                      reroll_mask=reroll_mask, reroll_seed=args.reroll_seed).frames
+        frames = to_uint8(frames[0])
     except ValueError as error:  # bad mask shape, sizes the model cannot take, ...
         raise UserError(str(error)) from None
     seconds = time.perf_counter() - start

@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 
+from ..atomic import atomic_folder
 from . import metrics as M
 
 SPEC_HELP = """\
@@ -198,14 +198,10 @@ def _zero_shot(spec: MethodSpec, context: dict) -> Method:
         return _to_device(pipe, context)
 
     def call(pipe, reference, poses, steps, seed):
-        import torch
+        from .zero_shot import render_zero_shot
 
-        height, width = poses.shape[1:3]
-        multiple = pipe.vae_scale_factor
-        fitted = _resize(poses, (max(multiple, width // multiple * multiple),
-                                 max(multiple, height // multiple * multiple)))
-        return pipe(reference, fitted, num_inference_steps=steps, guidance_scale=guidance,
-                    generator=torch.Generator().manual_seed(int(seed)), options=method_options, progress=False)
+        return render_zero_shot(pipe, reference, poses, num_inference_steps=steps, seed=seed,
+                                guidance_scale=guidance, options=method_options)
 
     settings = {"kind": spec.kind, "backbone": "sd15" if stock else "trained", **options, "guidance": guidance}
     return PipelineMethod(spec.name, load, call, settings)
@@ -369,31 +365,6 @@ def _render_checked(method: Method, clip: Clip, steps: int, seed: int) -> tuple[
     return frames, False
 
 
-def _make_output_dir(out_dir: Path, overwrite: bool) -> Path:
-    if out_dir.exists() and not overwrite:
-        raise FileExistsError(f"{out_dir}: already exists (use --overwrite to replace it)")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-
-
-def _publish(temp: Path, out_dir: Path) -> None:
-    """Swap the finished folder into place; an old report is only removed once the new one is there."""
-    old = None
-    if out_dir.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-        os.replace(out_dir, old / "report")
-    os.replace(temp, out_dir)
-    os.chmod(out_dir, 0o777 & ~_umask())
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def run_comparison(data, methods, out_dir, videos: int | None = None, frames: int | None = None, size=None,
                    steps: int = 20, seed: int = 0, ref_frame: int = 0, lpips=None, fvd=None, device=None,
                    overwrite: bool = False, progress: bool = True, grid_frames: int = 8) -> dict:
@@ -432,8 +403,7 @@ def run_comparison(data, methods, out_dir, videos: int | None = None, frames: in
     except ValueError as error:
         raise CompareError(str(error)) from None
 
-    temp = _make_output_dir(out_dir, overwrite)
-    try:
+    with atomic_folder(out_dir, overwrite=overwrite) as temp:  # published only when the whole report is written
         renders = temp / ".renders"
         renders.mkdir()
         per_video = {clip.video_id: {} for clip in clips}
@@ -483,10 +453,6 @@ def run_comparison(data, methods, out_dir, videos: int | None = None, frames: in
         R.write_report_files(temp, report, clips, built, lambda i, k: np.load(renders / f"{i}_{k}.npy"),
                              grid_frames=grid_frames)
         shutil.rmtree(renders)
-        _publish(temp, out_dir)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
     report["out_dir"] = str(out_dir)
     return report
 

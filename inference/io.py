@@ -41,8 +41,8 @@ def as_rgb_array(image, what: str = "image") -> np.ndarray:
 def load_pose_frames(source) -> tuple[np.ndarray, float | None]:
     """A pose sequence -> (uint8 (F, H, W, 3), fps or None).
 
-    source: a video path, an image path (one frame), a folder of images (sorted by name), a (F, H, W, 3) array or
-    a list of images. Zero frames is an error.
+    source: a video path, an image path (one frame), a folder of images (sorted by name), a (F, H, W, 3) array,
+    one (H, W, 3) array or PIL image, or a list of images. Zero frames is an error.
     """
     fps = None
     if isinstance(source, (str, os.PathLike)):
@@ -59,6 +59,8 @@ def load_pose_frames(source) -> tuple[np.ndarray, float | None]:
 
             _, fps, _, _ = video_info(path)
             frames = read_video(path)
+    elif (isinstance(source, np.ndarray) and source.ndim == 3) or hasattr(source, "convert"):  # one image
+        frames = as_rgb_array(source, "pose image")[None]
     elif isinstance(source, np.ndarray) and source.ndim == 4:
         frames = np.stack([as_rgb_array(frame, "pose frame") for frame in source]) if len(source) else source
     elif hasattr(source, "ndim") and source.ndim == 4:  # torch (F, 3, H, W) in [0, 1]
@@ -160,7 +162,7 @@ def write_outputs(out, frames: np.ndarray, fps: float, overwrite: bool = False, 
 def _write_png(path: Path, image: np.ndarray) -> Path:
     from PIL import Image
 
-    from ..data.atomic import atomic_path
+    from ..atomic import atomic_path
 
     with atomic_path(path, overwrite=True) as temp:
         Image.fromarray(image).save(temp, format=path.suffix.lstrip(".").upper().replace("JPG", "JPEG"))

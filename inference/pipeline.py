@@ -3,8 +3,9 @@
 Built on `models.Animator`: the ReferenceNet runs ONCE per video (clean reference latent, timestep 0) and its bank
 serves every denoising step and every context window; the Pose Guider runs once per video; the denoising UNet runs
 per step per window. Long videos are denoised in overlapping context windows whose predictions are blended with
-position weights (`inference.windows`). An image (stage-1) model renders each frame independently from one shared
-initial noise, so the frames differ only where the poses do.
+position weights. An image (stage-1) model renders each frame independently from one shared initial noise, so the
+frames differ only where the poses do. The loop, noise, windows, decode and output live in `inference.sampling`,
+shared with the zero-shot pipeline and training validation.
 
 Guidance (all rows of one window go through the UNet as ONE batch):
 - reference guidance (`guidance_scale`, default 3.5): the unconditional row sees no reference tokens and a zero CLIP
@@ -16,40 +17,35 @@ Guidance (all rows of one window go through the UNet as ONE batch):
 Initial-noise re-roll (after "Guided Image Synthesis via Initial Image Editing"): `reroll_mask` marks pixels whose
 initial noise is re-drawn from `reroll_seed`; the rest of the noise is kept, so a broken hand or face is regenerated
 while the composition stays.
+
+diffusers conventions: every module that runs is a registered component (the motion UNet is `denoising_unet`), so
+`to()`, `enable_model_cpu_offload()` and `enable_sequential_cpu_offload()` need no code of ours;
+`callback_on_step_end`, `latents=`, generator lists and `PoseVideoPipelineOutput` work as in `AnimateDiffPipeline`.
+The attention switches keep the reference processors and choose their kernel (see `models.attention`).
 """
 from __future__ import annotations
 
-import inspect
 import json
-import random
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline
-from diffusers.utils import BaseOutput, logging
+from diffusers import DiffusionPipeline, UNet2DConditionModel, UNetMotionModel
+from diffusers.utils import logging
+from diffusers.video_processor import VideoProcessor
 
 from ..models.animator import Animator
-from ..models.loading import MissingWeightsError, offline_kwargs, require_dir
-
-from .io import as_rgb_array, fit_reference, load_pose_frames, resize, round_size
-from .windows import context_windows, position_weights
+from ..models.loading import (MissingWeightsError, clip_image_processor_class, load_image_encoder, offline_kwargs,
+                              require_dir)
+from ..models.motion import to_motion_unet
+from .sampling import (PoseVideoPipelineOutput, SamplingMixin, combine_guidance, frame_windows, guidance_rows,
+                       sampling_scheduler, scheduler_step_kwargs, to_uint8)
 
 logger = logging.get_logger(__name__)
 
 REQUIRED_COMPONENTS = ("reference_unet", "denoising_unet", "pose_guider", "vae", "image_encoder",
                        "feature_extractor", "scheduler")
-
-
-@dataclass
-class PoseToVideoOutput(BaseOutput):
-    """frames: uint8 (F, H, W, 3) for "np", a list of PIL images for "pil", float (F, 3, H, W) in [0, 1] for "pt",
-    latents (1, 4, F, h, w) for "latent"."""
-
-    frames: object
 
 
 @dataclass
@@ -63,58 +59,6 @@ class Conditioning:
     pose_guidance_scale: float | None
 
 
-def guidance_rows(guidance_scale: float, pose_guidance_scale: float | None) -> tuple:
-    """Which (drop_reference, use_pose) rows a step needs, in the order `combine_guidance` expects."""
-    if pose_guidance_scale is not None:
-        return ((True, False), (True, True), (False, True))
-    if guidance_scale == 0.0:  # exactly the unconditional row: the model without its reference
-        return ((True, True),)
-    if guidance_scale != 1.0:
-        return ((True, True), (False, True))
-    return ((False, True),)
-
-
-def combine_guidance(pred: torch.Tensor, rows: tuple, guidance_scale: float,
-                     pose_guidance_scale: float | None) -> torch.Tensor:
-    """Combine per-row predictions (rows, ...) into one prediction (1, ...)."""
-    if len(rows) == 1:
-        return pred[:1]
-    if len(rows) == 2:
-        uncond, cond = pred[0:1], pred[1:2]
-        return uncond + guidance_scale * (cond - uncond)
-    none, pose_only, full = pred[0:1], pred[1:2], pred[2:3]
-    return none + pose_guidance_scale * (pose_only - none) + guidance_scale * (full - pose_only)
-
-
-def _share_parameters(source: torch.nn.Module, *targets: torch.nn.Module) -> None:
-    """Make the targets' parameters the very tensors of `source` with the same names (no second copy in memory).
-
-    The motion UNet the Animator builds copies the 2-D UNet's and the adapter's weights; tying them back means the
-    registered components (what `save_pretrained` writes and `to()` moves) are the weights that actually run.
-    """
-    owned = dict(source.named_parameters())
-    for target in targets:
-        for name, _ in list(target.named_parameters()):
-            module_name, _, leaf = name.rpartition(".")
-            module = target.get_submodule(module_name) if module_name else target
-            if name not in owned:
-                raise ValueError(f"cannot tie {name}: not a parameter of the motion UNet")
-            module._parameters[leaf] = owned[name]
-
-
-def _image_processor_class():
-    try:  # transformers 5 without torchvision: the PIL processor reads the same config
-        from transformers import CLIPImageProcessorPil as processor
-    except ImportError:  # pragma: no cover - older transformers
-        from transformers import CLIPImageProcessor as processor
-    return processor
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def check_model_folder(path) -> Path:
     """The model folder, or MissingWeightsError naming the first missing component."""
     root = require_dir(path, "model folder", must_contain=())
@@ -122,28 +66,88 @@ def check_model_folder(path) -> Path:
         require_dir(root / name, f"model folder {root} is missing its {name} component", must_contain=())
     if not (root / "model_index.json").is_file():
         raise MissingWeightsError(f"model folder {root} has no model_index.json (write one with "
-                                  "models.export.export_model_folder)")
+                                  "marionet.models.export.export_model_folder)")
     return root
 
 
-class PoseToVideoPipeline(DiffusionPipeline):
-    """Animate a reference image with a pose sequence. See the module docstring for the method."""
+class PoseToVideoPipeline(SamplingMixin, DiffusionPipeline):
+    """Animate a reference image with a pose sequence. See the module docstring for the method.
 
+    Components: reference_unet (2-D), denoising_unet (2-D, or the motion UNet of a video model), pose_guider, vae,
+    image_encoder (CLIP vision with projection), feature_extractor, scheduler (the training schedule). A
+    `motion_adapter` given to the constructor is merged into the denoising UNet (with per-frame GroupNorm) and not
+    kept as a separate module; `save_pretrained` splits it out again into the model folder layout.
+    """
+
+    model_cpu_offload_seq = "image_encoder->reference_unet->pose_guider->denoising_unet->vae"
     _optional_components = ["motion_adapter"]
+    _callback_tensor_inputs = ["latents"]
 
     def __init__(self, reference_unet, denoising_unet, pose_guider, vae, image_encoder, feature_extractor,
-                 scheduler, motion_adapter=None, frame_noise_correlation: float = 0.0):
+                 scheduler, motion_adapter=None, frame_noise_correlation: float = 0.0, *,
+                 animator: Animator | None = None):
         super().__init__()
+        if motion_adapter is not None:
+            if isinstance(denoising_unet, UNetMotionModel):
+                raise ValueError("denoising_unet already has motion modules: pass no motion_adapter")
+            denoising_unet = to_motion_unet(denoising_unet, motion_adapter)
         self.register_modules(reference_unet=reference_unet, denoising_unet=denoising_unet, pose_guider=pose_guider,
                               vae=vae, image_encoder=image_encoder, feature_extractor=feature_extractor,
-                              scheduler=scheduler, motion_adapter=motion_adapter)
+                              scheduler=scheduler, motion_adapter=None)
         # How the video model's training noise was drawn (model_index.json); initial noise is drawn the same way.
         self.register_to_config(frame_noise_correlation=float(frame_noise_correlation))
-        self.animator = Animator(reference_unet, denoising_unet, pose_guider, motion_adapter)
-        if motion_adapter is not None:
-            _share_parameters(self.animator.denoising_unet, denoising_unet, motion_adapter)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        self.timings: dict = {}
+        self.video_processor = VideoProcessor(do_resize=False, vae_scale_factor=self.vae_scale_factor)
+        # The reference processors and the Pose Guider hook go on the registered modules now; `animator` (the live
+        # training model, for validation) is used as it is.
+        self._animator = animator if animator is not None else Animator(reference_unet, denoising_unet, pose_guider)
+
+    # --------------------------------------------------------------------------------------------- structure
+    @property
+    def animator(self) -> Animator:
+        """The `Animator` over the registered reference_unet / denoising_unet / pose_guider (the same modules, no
+        copies): it holds the reference processors and the Pose Guider hook. Rebuilt if a component is replaced."""
+        parts = (self.reference_unet, self.denoising_unet, self.pose_guider)
+        current = self._animator
+        if any(a is not b for a, b in zip(
+                (current.reference_unet, current.denoising_unet, current.pose_guider), parts)):
+            self._animator = Animator(*parts)
+        return self._animator
+
+    @classmethod
+    def from_animator(cls, animator: Animator, vae, image_encoder, feature_extractor, scheduler,
+                      frame_noise_correlation: float = 0.0) -> "PoseToVideoPipeline":
+        """A pipeline over a live `Animator` (training validation): the same modules, processors and weights, so it
+        renders exactly what the exported model folder will."""
+        return cls(animator.reference_unet, animator.denoising_unet, animator.pose_guider, vae, image_encoder,
+                   feature_extractor, scheduler, frame_noise_correlation=frame_noise_correlation, animator=animator)
+
+    @property
+    def is_video_model(self) -> bool:
+        return isinstance(self.denoising_unet, UNetMotionModel)
+
+    @property
+    def max_context_frames(self) -> int | None:
+        return self.denoising_unet.config.motion_max_seq_length if self.is_video_model else None
+
+    @property
+    def initial_noise_correlation(self) -> float:
+        return self.config.frame_noise_correlation if self.is_video_model else 1.0
+
+    # --------------------------------------------------------------------------------------------- attention
+    def enable_xformers_memory_efficient_attention(self, attention_op=None):
+        """xformers for every attention layer; the reference processors stay and use the xformers kernel."""
+        super().enable_xformers_memory_efficient_attention(attention_op)
+        self.animator.set_attention_kernel("xformers", reinstall=True)
+
+    def disable_xformers_memory_efficient_attention(self):
+        super().disable_xformers_memory_efficient_attention()
+        self.animator.set_attention_kernel("sdpa", reinstall=True)
+
+    def enable_attention_slicing(self, slice_size="auto"):
+        """Sliced attention (fewer heads at a time) everywhere; the reference processors stay and slice too."""
+        super().enable_attention_slicing(slice_size)
+        self.animator.set_attention_kernel("sdpa" if slice_size is None else "sliced", slice_size, reinstall=True)
 
     # --------------------------------------------------------------------------------------------- loading
     @classmethod
@@ -152,12 +156,11 @@ class PoseToVideoPipeline(DiffusionPipeline):
         """Load a model folder from disk only (never the hub); a missing component is named.
 
         Each part is loaded by its own class rather than through diffusers' generic loader, which only finds load
-        methods for libraries that re-export diffusers' base classes (our `models` package does not).
+        methods for libraries that re-export diffusers' base classes (our package does not).
         `components` may replace any part with an already loaded object.
         """
         import diffusers
-        from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
-        from transformers import CLIPVisionModelWithProjection
+        from diffusers import AutoencoderKL, MotionAdapter
 
         from ..models.pose_guider import PoseGuider
 
@@ -169,9 +172,8 @@ class PoseToVideoPipeline(DiffusionPipeline):
             "denoising_unet": lambda p: UNet2DConditionModel.from_pretrained(p, **weights),
             "pose_guider": lambda p: PoseGuider.from_pretrained(p, **weights),
             "vae": lambda p: AutoencoderKL.from_pretrained(p, **weights),
-            "image_encoder": lambda p: CLIPVisionModelWithProjection.from_pretrained(
-                p, **offline_kwargs(), **({"dtype": torch_dtype} if torch_dtype else {})),
-            "feature_extractor": lambda p: _image_processor_class().from_pretrained(p, **offline_kwargs()),
+            "image_encoder": lambda p: load_image_encoder(p, torch_dtype),
+            "feature_extractor": lambda p: clip_image_processor_class().from_pretrained(p, **offline_kwargs()),
             "scheduler": lambda p: getattr(diffusers, scheduler_class).from_pretrained(p, **offline_kwargs()),
         }
         if (root / "motion_adapter").is_dir():
@@ -179,252 +181,135 @@ class PoseToVideoPipeline(DiffusionPipeline):
         for name, load in loaders.items():
             if name not in components:
                 components[name] = load(root / name)
-        index_path = root / "model_index.json"
-        index = json.loads(index_path.read_text()) if index_path.is_file() else {}
+        index = json.loads((root / "model_index.json").read_text())
         components.setdefault("frame_noise_correlation", float(index.get("frame_noise_correlation", 0.0)))
         return cls(**components)
 
-    def to(self, *args, **kwargs) -> "PoseToVideoPipeline":
-        super().to(*args, **kwargs)
-        # The motion UNet is not a registered component: its parameters are tied to ones that were just moved,
-        # its buffers (positional encodings) are not. Moved by hand: ModelMixin.to warns about dtype casts.
-        device, dtype = self.reference_unet.device, self.reference_unet.dtype
-        for module in self.animator.modules():
-            for name, buffer in module._buffers.items():
-                if buffer is not None:
-                    module._buffers[name] = buffer.to(device, dtype if buffer.is_floating_point() else None)
-        return self
+    def save_pretrained(self, save_directory, safe_serialization: bool = True, **card_fields) -> Path:
+        """Write the model folder layout (`models.export`): denoising_unet/ 2-D + motion_adapter/, model_index.json
+        with the frame-noise correlation, a model card; each part is moved into place only when complete."""
+        from ..models.export import export_model_folder
 
-    @property
-    def is_video_model(self) -> bool:
-        return self.animator.is_video_model
+        return export_model_folder(save_directory, self.animator, self.vae, self.image_encoder,
+                                   self.feature_extractor, self.scheduler,
+                                   frame_noise_correlation=self.config.frame_noise_correlation,
+                                   card={"produced_by": "PoseToVideoPipeline.save_pretrained", **card_fields})
 
-    @property
-    def max_context_frames(self) -> int | None:
-        return self.motion_adapter.config.motion_max_seq_length if self.motion_adapter is not None else None
-
-    # --------------------------------------------------------------------------------------------- inputs
-    def sampling_scheduler(self):
-        """A fresh copy of the saved (training) schedule; a DDPM training scheduler samples as DDIM."""
-        if isinstance(self.scheduler, DDPMScheduler):
-            return DDIMScheduler.from_config(self.scheduler.config)
-        return type(self.scheduler).from_config(self.scheduler.config)
-
-    def prepare_inputs(self, reference_image, pose, height=None, width=None):
-        """-> (reference uint8 (H, W, 3) at the output size, poses uint8 (F, H, W, 3), width, height)."""
-        reference = as_rgb_array(reference_image, "reference image")
-        poses, _ = load_pose_frames(pose)
-        if width is None or height is None:
-            width = width or poses.shape[2]
-            height = height or poses.shape[1]
-        width, height, changed = round_size(width, height, self.vae_scale_factor)
-        if changed:
-            logger.warning(f"output size rounded down to {width}x{height} (multiples of {self.vae_scale_factor})")
-        poses = np.stack([resize(frame, width, height) for frame in poses])
-        return reference, poses, width, height
+    # --------------------------------------------------------------------------------------------- conditions
+    @torch.no_grad()
+    def encode_image(self, reference: np.ndarray) -> torch.Tensor:
+        """CLIP image embedding of the whole reference image as one cross-attention token: (1, 1, D)."""
+        pixels = self.feature_extractor(images=reference, return_tensors="pt").pixel_values
+        embeds = self.image_encoder(pixels.to(self._execution_device, self.image_encoder.dtype)).image_embeds
+        return embeds.unsqueeze(1)
 
     @torch.no_grad()
-    def encode_reference_image(self, reference: np.ndarray, width: int, height: int):
-        """-> (reference latents (1, 4, h, w) = VAE latent mean x scaling factor, CLIP image_embeds (1, 1, D))."""
-        device, dtype = self.animator.device, self.vae.dtype
-        pixels = torch.tensor(fit_reference(reference, width, height)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
-        latents = self.vae.encode(pixels.to(device, dtype)).latent_dist.mean * self.vae.config.scaling_factor
-        clip_pixels = self.feature_extractor(images=reference, return_tensors="pt").pixel_values
-        embeds = self.image_encoder(clip_pixels.to(device, self.image_encoder.dtype)).image_embeds
-        return latents, embeds.unsqueeze(1)
-
-    def prepare_latents(self, num_frames: int, height: int, width: int, generator: torch.Generator,
-                        reroll_mask=None, reroll_seed: int | None = None) -> torch.Tensor:
-        """Initial noise (1, 4, F, h, w), unscaled, drawn on the CPU so a seed gives the same video on any device.
-
-        An image model shares one noise over all frames; a video model draws each frame's noise with the
-        frame correlation it was trained with (model_index.json). With `reroll_mask` ((H, W) or (F, H, W), values > 0.5 or
-        True re-roll), noise under the mask (any latent cell touching it) is re-drawn from `reroll_seed`.
-        """
-        h, w = height // self.vae_scale_factor, width // self.vae_scale_factor
-        channels = self.animator.denoising_unet.config.in_channels
-        rho = self.config.frame_noise_correlation if self.is_video_model else 1.0
-
-        def draw(gen: torch.Generator) -> torch.Tensor:
-            if rho >= 1.0:
-                return torch.randn((1, channels, 1, h, w), generator=gen).expand(1, channels, num_frames, h, w)
-            noise = torch.randn((1, channels, num_frames, h, w), generator=gen)
-            if rho > 0.0:  # the correlated frame noise the video model was trained with
-                common = torch.randn((1, channels, 1, h, w), generator=gen)
-                noise = rho ** 0.5 * common + (1.0 - rho) ** 0.5 * noise
-            return noise
-
-        noise = draw(generator)
-        if reroll_mask is not None:
-            if reroll_seed is None:
-                raise ValueError("reroll_mask needs a reroll_seed (a different seed draws the new noise)")
-            mask = self.latent_mask(reroll_mask, num_frames, height, width)  # (F, h, w) bool
-            fresh = draw(torch.Generator().manual_seed(int(reroll_seed)))
-            return torch.where(mask[None, None], fresh, noise).contiguous()
-        return noise.contiguous()
-
-    def latent_mask(self, mask, num_frames: int, height: int, width: int) -> torch.Tensor:
-        """A pixel mask ((H, W) or (F, H, W), image/array/tensor) -> bool (F, h, w) at latent resolution."""
-        if hasattr(mask, "convert"):  # PIL
-            mask = np.asarray(mask.convert("L"))
-        mask = torch.as_tensor(np.asarray(mask))
-        if mask.ndim == 3 and mask.shape[-1] in (3, 4) and mask.shape[0] not in (1, num_frames):
-            mask = mask[..., 0]  # an RGB(A) mask image
-        if mask.dtype == torch.uint8:
-            mask = mask.float() / 255.0
-        mask = mask.float()
-        if mask.ndim == 2:
-            mask = mask[None]
-        if mask.ndim != 3 or mask.shape[0] not in (1, num_frames):
-            raise ValueError(f"reroll_mask must be (H, W) or ({num_frames}, H, W), got {tuple(mask.shape)}")
-        mask = F.interpolate(mask[:, None], size=(height, width), mode="nearest")
-        cells = F.max_pool2d(mask, kernel_size=self.vae_scale_factor)[:, 0] > 0.5
-        return cells.expand(num_frames, -1, -1)
-
-    # --------------------------------------------------------------------------------------------- denoising
-    def predict_window(self, latents: torch.Tensor, t, cond: Conditioning, frames: list[int]) -> torch.Tensor:
-        """The guided model prediction for the frames `frames` of `latents` (1, 4, f, h, w): all guidance rows run
-        as one batch; the bank must hold one row per guidance row."""
-        rows = cond.rows
-        sample = latents.expand(len(rows), -1, -1, -1, -1)
-        features = cond.pose_features[frames]
-        pose_rows = torch.cat([features if use_pose else torch.zeros_like(features) for _, use_pose in rows])
-        drop = torch.tensor([dropped for dropped, _ in rows], device=latents.device)
-        embeds = cond.image_embeds.expand(len(rows), -1, -1)
-        pred = self.animator.denoise(sample, t, embeds, pose_rows, drop if drop.any() else None)
-        return combine_guidance(pred.float(), rows, cond.guidance_scale, cond.pose_guidance_scale)
+    def encode_reference_latents(self, reference: np.ndarray, height: int, width: int) -> torch.Tensor:
+        """VAE latent mean x scaling factor of the reference cropped to the output's aspect ratio: (1, 4, h, w)."""
+        pixels = self.reference_pixels(reference, height, width)
+        return self.vae.encode(pixels).latent_dist.mean * self.vae.config.scaling_factor
 
     @torch.no_grad()
-    def __call__(self, reference_image, pose, height: int | None = None, width: int | None = None,
-                 num_inference_steps: int = 25, guidance_scale: float = 3.5, pose_guidance_scale: float | None = None,
-                 context_frames: int = 24, context_overlap: int = 4, closed_loop: bool = False,
-                 decode_chunk_size: int = 8, seed: int | None = None, generator: torch.Generator | None = None,
-                 eta: float = 0.0, reroll_mask=None, reroll_seed: int | None = None, output_type: str = "np",
-                 return_dict: bool = True, recompute_reference_every_step: bool = False):
-        """Render the pose sequence with the reference's appearance.
-
-        reference_image: path, PIL image or uint8 (H, W, 3). pose: video path, image path, folder of images,
-        uint8 (F, H, W, 3) or a list of images (RGB skeletons on black). height/width default to the pose size
-        (rounded down to multiples of 8). seed or generator (CPU) make the result exactly reproducible.
-        context_frames/context_overlap: the sliding window for video models (capped by the motion modules' length);
-        an image model ignores the overlap and renders `context_frames` frames per UNet batch.
-        recompute_reference_every_step: for benchmarks only — reruns the ReferenceNet at every step and window, as
-        a naive implementation would, to measure what running it once saves.
-        """
-        if output_type not in ("np", "pil", "pt", "latent"):
-            raise ValueError(f"output_type must be np, pil, pt or latent, got {output_type!r}")
-        if num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
-        if decode_chunk_size < 1:
-            raise ValueError(f"decode_chunk_size must be >= 1, got {decode_chunk_size}")
-        device = self.animator.device
-        timings = {"reference_s": 0.0, "denoise_s": 0.0, "vae_s": 0.0, "reference_calls": 0}
-        self.timings = timings
-
-        reference, poses, width, height = self.prepare_inputs(reference_image, pose, height, width)
-        num_frames = len(poses)
-        if self.is_video_model:
-            limit = self.max_context_frames
-            if limit is not None and context_frames > limit:
-                logger.warning(f"context_frames {context_frames} > the motion modules' length {limit}: using {limit}")
-                context_frames = limit
-            windows = context_windows(num_frames, context_frames, min(context_overlap, context_frames - 1),
-                                      closed_loop)
-        else:  # independent frames: plain chunks, nothing to blend
-            windows = context_windows(num_frames, max(1, context_frames), 0)
-
-        if generator is None:
-            generator = torch.Generator().manual_seed(random.randrange(2**31) if seed is None else int(seed))
-        latents = self.prepare_latents(num_frames, height, width, generator, reroll_mask, reroll_seed)
-        scheduler = self.sampling_scheduler()
-        # DDIM takes eta and a generator; other schedulers a subset (or neither).
-        accepted = inspect.signature(scheduler.step).parameters
-        step_kwargs = {k: v for k, v in (("eta", eta), ("generator", generator)) if k in accepted}
-        scheduler.set_timesteps(num_inference_steps, device=device)
-        latents = (latents * scheduler.init_noise_sigma).to(device)
-
-        # once per video: VAE + CLIP encoding of the reference, ReferenceNet bank, Pose Guider features
-        start = time.perf_counter()
-        ref_latents, image_embeds = self.encode_reference_image(reference, width, height)
-        _sync(device)
-        timings["vae_s"] += time.perf_counter() - start
-        rows = guidance_rows(guidance_scale, pose_guidance_scale)
-        if not recompute_reference_every_step:
-            start = time.perf_counter()
-            self._encode_reference(ref_latents, image_embeds, len(rows))
-            _sync(device)
-            timings["reference_s"] += time.perf_counter() - start
-        pose_pixels = torch.from_numpy(poses).permute(0, 3, 1, 2).to(device, self.animator.pose_guider.dtype) / 255.0
-        cond = Conditioning(image_embeds, self.animator.encode_pose(pose_pixels), rows, guidance_scale,
-                            pose_guidance_scale)
-
-        weights = [position_weights(len(window)).to(device, torch.float32) for window in windows]
-        start = time.perf_counter()
-        with self.progress_bar(total=num_inference_steps * len(windows)) as bar:
-            for t in scheduler.timesteps:
-                total = torch.zeros_like(latents, dtype=torch.float32)
-                weight_sum = torch.zeros(num_frames, device=device, dtype=torch.float32)
-                for window, weight in zip(windows, weights):
-                    if recompute_reference_every_step:
-                        _sync(device)
-                        tick = time.perf_counter()
-                        self._encode_reference(ref_latents, image_embeds, len(rows))
-                        _sync(device)
-                        timings["reference_s"] += time.perf_counter() - tick
-                        start += time.perf_counter() - tick  # keep denoise_s the UNet's own time
-                    sample = scheduler.scale_model_input(latents[:, :, window], t)
-                    pred = self.predict_window(sample, t, cond, window)
-                    total[:, :, window] += pred * weight[None, None, :, None, None]
-                    weight_sum[window] += weight
-                    bar.update()
-                pred = (total / weight_sum[None, None, :, None, None]).to(latents.dtype)
-                latents = scheduler.step(pred, t, latents, **step_kwargs).prev_sample
-        _sync(device)
-        timings["denoise_s"] += time.perf_counter() - start
-        self.animator.reference_state.clear()
-
-        if output_type == "latent":
-            frames = latents
-        else:
-            start = time.perf_counter()
-            frames = self.decode_latents(latents, decode_chunk_size)  # float (F, 3, H, W) in [0, 1], on the CPU
-            timings["vae_s"] += time.perf_counter() - start
-            if output_type in ("np", "pil"):
-                frames = (frames.permute(0, 2, 3, 1) * 255.0).round().to(torch.uint8).numpy()
-            if output_type == "pil":
-                from PIL import Image
-
-                frames = [Image.fromarray(frame) for frame in frames]
-        timings["frames"] = num_frames
-        timings["windows"] = len(windows)
-        if not return_dict:
-            return (frames,)
-        return PoseToVideoOutput(frames=frames)
-
-    def _encode_reference(self, ref_latents, image_embeds, rows: int) -> None:
-        """ReferenceNet on the clean reference; the bank is tiled to one row per guidance row."""
+    def write_reference_bank(self, ref_latents: torch.Tensor, image_embeds: torch.Tensor, rows: int) -> None:
+        """ReferenceNet on the clean reference (once per video); the bank is tiled to one row per UNet batch row."""
         self.animator.encode_reference(ref_latents, image_embeds)
-        self.timings["reference_calls"] = self.timings.get("reference_calls", 0) + 1
         if rows > 1:
             self.animator.reference_state.repeat_bank(rows)
 
     @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor, chunk_size: int = 8) -> torch.Tensor:
-        """(1, 4, F, h, w) -> float (F, 3, H, W) in [0, 1] on the CPU, `chunk_size` frames per VAE call, so the
-        VAE's activation memory does not grow with the video's length."""
-        frames = latents[0].permute(1, 0, 2, 3) / self.vae.config.scaling_factor
-        out = []
-        for start in range(0, len(frames), chunk_size):
-            chunk = frames[start:start + chunk_size].to(self.vae.dtype)
-            image = self.vae.decode(chunk).sample
-            out.append(((image.float() + 1.0) / 2.0).clamp(0, 1).cpu())
-        return torch.cat(out)
+    def encode_pose(self, poses: np.ndarray) -> torch.Tensor:
+        """Pose Guider features of uint8 (F, H, W, 3) skeletons: (F, C, h, w), once per video."""
+        pixels = torch.from_numpy(poses).permute(0, 3, 1, 2).to(self._execution_device, self.pose_guider.dtype)
+        return self.animator.encode_pose(pixels / 255.0)
+
+    def predict_window(self, latents: torch.Tensor, t, cond: Conditioning, frames: list[int]) -> torch.Tensor:
+        """The guided model output for `frames` of B videos: latents (B, 4, f, h, w) -> (B, 4, f, h, w).
+
+        All guidance rows of all videos run as one UNet batch, ordered [row 0: videos 0..B-1 ; row 1: ...]; the
+        bank holds one row per batch row (`write_reference_bank`).
+        """
+        rows, videos = cond.rows, latents.shape[0]
+        sample = latents.repeat(len(rows), 1, 1, 1, 1)
+        features = cond.pose_features[frames].repeat(videos, 1, 1, 1)  # (B*f, C, h, w), batch-major
+        pose_rows = torch.cat([features if use_pose else torch.zeros_like(features) for _, use_pose in rows])
+        drop = torch.tensor([dropped for dropped, _ in rows], device=latents.device).repeat_interleave(videos)
+        embeds = cond.image_embeds.expand(len(sample), -1, -1)
+        pred = self.animator.denoise(sample, t, embeds, pose_rows, drop if drop.any() else None)
+        return combine_guidance(pred.float(), rows, cond.guidance_scale, cond.pose_guidance_scale)
+
+    # --------------------------------------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def __call__(self, reference_image, pose, height: int | None = None, width: int | None = None,
+                 num_inference_steps: int = 25, guidance_scale: float = 3.5, pose_guidance_scale: float | None = None,
+                 num_videos_per_prompt: int = 1, context_frames: int = 24, context_overlap: int = 4,
+                 closed_loop: bool = False, decode_chunk_size: int = 8, generator=None,
+                 latents: torch.Tensor | None = None, eta: float = 0.0, reroll_mask=None,
+                 reroll_seed: int | None = None, output_type: str = "np", return_dict: bool = True,
+                 callback_on_step_end=None, callback_on_step_end_tensor_inputs=("latents",)):
+        """Render the pose sequence with the reference's appearance; returns `PoseVideoPipelineOutput`.
+
+        reference_image: path, PIL image or uint8 (H, W, 3). pose: video path, image path, folder of images,
+        uint8 (F, H, W, 3) or a list of images (RGB skeletons on black). height/width default to the pose size
+        (rounded down to multiples of 8). generator (a CPU generator, or one per video) makes the result exactly
+        reproducible on any device. num_videos_per_prompt: videos from the same inputs, each with its own noise.
+        context_frames/context_overlap: the sliding window for video models (capped by the motion modules' length);
+        an image model ignores the overlap and renders `context_frames` frames per UNet batch.
+        latents: initial noise (B, 4, F, h, w) instead of drawing it. callback_on_step_end(pipe, step, t, kwargs)
+        runs after every step with the tensors named in callback_on_step_end_tensor_inputs and may replace them.
+        """
+        # 1. Check inputs; bring the reference and the poses to the output size.
+        self.check_common_inputs(num_inference_steps, decode_chunk_size, output_type, callback_on_step_end,
+                                 callback_on_step_end_tensor_inputs)
+        if num_videos_per_prompt < 1:
+            raise ValueError(f"num_videos_per_prompt must be >= 1, got {num_videos_per_prompt}")
+        reference, poses, height, width = self.prepare_inputs(reference_image, pose, height, width)
+        self._guidance_scale = guidance_scale
+        self._interrupt = False
+
+        # 2. Call parameters: guidance rows and context windows.
+        device = self._execution_device
+        num_frames = len(poses)
+        rows = guidance_rows(guidance_scale, pose_guidance_scale)
+        windows = frame_windows(num_frames, context_frames, context_overlap, closed_loop, self.is_video_model,
+                                self.max_context_frames)
+
+        # 3. Once per video: the CLIP token, the reference latent and its ReferenceNet bank, the Pose Guider features.
+        image_embeds = self.encode_image(reference)
+        ref_latents = self.encode_reference_latents(reference, height, width)
+        self.write_reference_bank(ref_latents, image_embeds, len(rows) * num_videos_per_prompt)
+        cond = Conditioning(image_embeds, self.encode_pose(poses), rows, guidance_scale, pose_guidance_scale)
+
+        # 4. Timesteps, on a fresh copy of the saved (training) schedule.
+        scheduler = sampling_scheduler(self.scheduler)
+        scheduler.set_timesteps(num_inference_steps, device=device)
+
+        # 5. Initial noise.
+        latents = self.prepare_latents(num_videos_per_prompt, num_frames, height, width, generator, latents,
+                                       reroll_mask, reroll_seed) * scheduler.init_noise_sigma
+
+        # 6. Extra scheduler-step arguments.
+        step_kwargs = scheduler_step_kwargs(scheduler, generator, eta)
+
+        # 7. Denoising loop over the context windows.
+        try:
+            latents = self.denoise(latents, scheduler.timesteps, scheduler, windows,
+                                   lambda i, t, frames, sample: self.predict_window(sample, t, cond, frames),
+                                   step_kwargs, callback_on_step_end, callback_on_step_end_tensor_inputs)
+        finally:
+            self.animator.reference_state.clear()
+
+        # 8. Decode in chunks and convert; 9. offload hooks back to their resting state.
+        frames = self.postprocess(latents, output_type, decode_chunk_size)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (frames,)
+        return PoseVideoPipelineOutput(frames=frames)
 
 
 def render_video(model_dir_or_pipe, reference_image, pose_frames, num_inference_steps: int = 25,
                  guidance_scale: float = 3.5, seed: int = 0, device: str | None = None,
                  torch_dtype: torch.dtype | None = None, **kwargs) -> np.ndarray:
-    """One call for other tools (e.g. the comparison): uint8 (F, H, W, 3) frames.
+    """One call for other tools (the comparison, the app): uint8 (F, H, W, 3) frames of one video.
 
     model_dir_or_pipe: a model folder or a loaded `PoseToVideoPipeline`; other keyword arguments go to the pipeline
     call (height, width, context_frames, pose_guidance_scale, reroll_mask, ...).
@@ -435,5 +320,7 @@ def render_video(model_dir_or_pipe, reference_image, pose_frames, num_inference_
         pipe.set_progress_bar_config(disable=True)
     if device is not None:
         pipe.to(device)
-    return pipe(reference_image, pose_frames, num_inference_steps=num_inference_steps,
-                guidance_scale=guidance_scale, seed=seed, output_type="np", **kwargs).frames
+    frames = pipe(reference_image, pose_frames, num_inference_steps=num_inference_steps,
+                  guidance_scale=guidance_scale, generator=torch.Generator().manual_seed(int(seed)),
+                  output_type="np", **kwargs).frames
+    return to_uint8(frames[0])

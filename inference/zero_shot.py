@@ -20,6 +20,10 @@ image's previous noise prediction, or the source pass's own previous prediction)
 and over which part of the trajectory. Guidance is 1.0 (off) by default; when it is turned on, unconditional rows
 have no image prompt *and* no cross-image attention (the trained model's own unconditional path), so guidance
 extrapolates towards the source appearance.
+
+Noise, windows, guidance combination, scheduler-step arguments, decode and output come from `inference.sampling`,
+shared with `PoseToVideoPipeline`: the same size policy, the same `PoseVideoPipelineOutput`, context windows for
+long videos on a video backbone (chunks of frames on an image backbone).
 """
 from __future__ import annotations
 
@@ -32,11 +36,16 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler, DiffusionPipeline, UNetMotionModel
 from diffusers.loaders import IPAdapterMixin
+from diffusers.utils.torch_utils import randn_tensor
+from diffusers.video_processor import VideoProcessor
 
-from ..models.attention import (ReferenceAttnProcessor, ReferenceState, install_reference_processors,
-                              spatial_self_attention_names)
-from ..models.loading import MissingWeightsError, offline_kwargs, require_dir, require_file
+from ..models.attention import (ReferenceState, check_reference_processors, install_reference_processors,
+                                remove_reference_processors, spatial_self_attention_names)
+from ..models.loading import (MissingWeightsError, clip_image_processor_class, load_image_encoder, offline_kwargs,
+                              require_dir, require_file)
 from ..models.pose_guider import ConvInAdder
+from .sampling import (PoseVideoPipelineOutput, SamplingMixin, combine_guidance, frame_windows, guidance_rows,
+                       sampling_scheduler, scheduler_step_kwargs, to_uint8)
 
 SOURCE_NOISES = ("random", "previous-target", "previous-source")
 LAYER_PARTS = {"encoder": "down_blocks", "mid": "mid_block", "decoder": "up_blocks"}
@@ -148,27 +157,74 @@ def as_epsilon(scheduler, model_output: torch.Tensor, sample: torch.Tensor, t) -
     raise ValueError(f"unsupported prediction type {kind!r}")
 
 
-def to_uint8_frames(images) -> np.ndarray:
-    """uint8 (F, H, W, 3) from an (H, W, 3) / (F, H, W, 3) array or a PIL image / list of them."""
-    if isinstance(images, (list, tuple)):
-        return np.stack([to_uint8_frames(image)[0] for image in images])
-    array = np.array(images.convert("RGB")) if hasattr(images, "convert") else np.asarray(images)
-    if array.ndim == 3:
-        array = array[None]
-    if array.ndim != 4 or array.shape[-1] != 3 or array.dtype != np.uint8:
-        raise ValueError(f"expected uint8 RGB images (H, W, 3) or (F, H, W, 3), got {array.dtype} {array.shape}")
-    return array
+class _SwapStep:
+    """The method's work for one window of frames at one step: source pass (write), target pass (swap), guidance.
+
+    It keeps what the source-noise variants need from step to step: the generated frames' noise predictions of the
+    previous step ("previous-target") and the source pass's own ("previous-source").
+    """
+
+    def __init__(self, pipe, scheduler, options, rows, guidance_scale, conditions: dict, num_steps: int,
+                 generator, control_scale: float):
+        self.pipe, self.scheduler, self.options, self.rows = pipe, scheduler, options, rows
+        self.guidance_scale, self.c, self.num_steps = guidance_scale, conditions, num_steps
+        self.generator, self.control_scale = generator, control_scale
+        self.step = -1
+        self.target_now = self.target_before = None  # (B, 4, F, h, w) noise predictions of this / the last step
+        self.source_before: dict = {}  # window -> the source pass's noise prediction at the last step
+        self.swapped_before: dict = {}  # window -> did the last step swap
+
+    def _source_noise(self, key, frames, shape):
+        kind = self.options.source_noise
+        if kind == "previous-target" and self.target_before is not None:
+            return self.target_before[:, :, frames]
+        if kind == "previous-source" and key in self.source_before and self.swapped_before.get(key):
+            return self.source_before[key]
+        return randn_tensor(shape, generator=self.generator, device=self.c["source"].device, dtype=torch.float32)
+
+    def __call__(self, i, t, frames, sample):
+        pipe, state, c = self.pipe, self.pipe.reference_state, self.c
+        if i != self.step:
+            self.step, self.target_before = i, self.target_now
+            self.target_now = torch.zeros_like(c["latents_like"])
+        videos, f = sample.shape[0], len(frames)
+        key = tuple(frames)
+        reads_source = any(not dropped for dropped, _ in self.rows)
+        swap_now = self.options.swaps_at(i, self.num_steps) and reads_source
+        state.bank, state.dropped = {}, None
+        if swap_now:
+            # Source pass: the source latent noised to t (one frame; F frames of it for "previous-target").
+            noise = self._source_noise(key, frames, (1, 4, 1) + tuple(c["source"].shape[-2:]))
+            clean = c["source"][:, :, None].expand(noise.shape[0], -1, noise.shape[2], -1, -1)
+            source = self.scheduler.scale_model_input(
+                self.scheduler.add_noise(clean, noise.to(clean.dtype), t.reshape(1)), t)
+            state.mode = "write"
+            n = source.shape[0]  # the source pass sees the same prompt and image prompt as the target
+            source_out = pipe.run_unet(source, t, c["context"][:n], None if c["ip"] is None else c["ip"][:n], None,
+                                       None, self.control_scale)
+            self.source_before[key] = as_epsilon(self.scheduler, source_out.float(), source, t)
+            source_rows = source.shape[0] * source.shape[2]
+            if len(self.rows) == 2:  # [unconditional ; conditional]: only conditional rows see the source
+                state.repeat_bank(2)
+                state.dropped = torch.tensor([True] * source_rows + [False] * source_rows)
+            state.mode = "swap"
+        else:
+            state.mode = "off"
+        self.swapped_before[key] = swap_now
+
+        # Target pass: every guidance row of every video in one batch; unconditional rows: no image prompt, no swap.
+        model_input = sample.repeat(len(self.rows), 1, 1, 1, 1)
+        context = torch.cat([c["negative"] if dropped else c["context"] for dropped, _ in self.rows])
+        ip = None if c["ip"] is None else torch.cat([c["uncond_ip"] if dropped else c["ip"] for dropped, _ in self.rows])
+        control = None if c["control"] is None else c["control"][frames].repeat(len(model_input), 1, 1, 1)
+        pose = None if c["pose"] is None else c["pose"][frames].repeat(len(model_input), 1, 1, 1)
+        out = pipe.run_unet(model_input, t, context, ip, control, pose, self.control_scale)
+        out = combine_guidance(out.float(), self.rows, self.guidance_scale)
+        self.target_now[:, :, frames] = as_epsilon(self.scheduler, out, sample, t)
+        return out
 
 
-def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
-    if frames.shape[1:3] == (height, width):
-        return frames
-    from .io import resize
-
-    return np.stack([resize(frame, width, height) for frame in frames])
-
-
-class ZeroShotPoseTransferPipeline(DiffusionPipeline, IPAdapterMixin):
+class ZeroShotPoseTransferPipeline(SamplingMixin, DiffusionPipeline, IPAdapterMixin):
     """Cross-image-attention pose transfer on a stock (ControlNet) or trained (Pose Guider) backbone.
 
     Exactly one of `controlnet` / `pose_guider` conditions on the target pose. `unet` may be a `UNetMotionModel`
@@ -176,11 +232,12 @@ class ZeroShotPoseTransferPipeline(DiffusionPipeline, IPAdapterMixin):
     swap processors are re-installed on the self-attention layers (loading rebuilds every processor).
     """
 
-    model_cpu_offload_seq = "image_encoder->unet->vae"
+    model_cpu_offload_seq = "image_encoder->pose_guider->unet->vae"  # the ControlNet runs every step: own hook
     _optional_components = ["controlnet", "pose_guider", "image_encoder", "feature_extractor"]
+    _callback_tensor_inputs = ["latents"]
 
     def __init__(self, vae, unet, scheduler, controlnet=None, pose_guider=None, image_encoder=None,
-                 feature_extractor=None):
+                 feature_extractor=None, frame_noise_correlation: float = 0.0):
         super().__init__()
         if (controlnet is None) == (pose_guider is None):
             raise ValueError("give exactly one pose conditioner: controlnet (stock) or pose_guider (trained)")
@@ -189,30 +246,45 @@ class ZeroShotPoseTransferPipeline(DiffusionPipeline, IPAdapterMixin):
         self.register_modules(vae=vae, unet=unet, scheduler=scheduler, controlnet=controlnet,
                               pose_guider=pose_guider, image_encoder=image_encoder,
                               feature_extractor=feature_extractor)
+        self.register_to_config(frame_noise_correlation=float(frame_noise_correlation))
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.video_processor = VideoProcessor(do_resize=False, vae_scale_factor=self.vae_scale_factor)
         self.reference_state = ReferenceState()
         self.prompt_embeds = None  # the empty-prompt embedding; zeros when no text encoder was given
         self._pose_adder = None
         if pose_guider is not None:
             self._pose_adder = ConvInAdder()
             unet.conv_in.register_forward_hook(self._pose_adder)
-        self._install_swap_processors()
+        self._swap_layers = self._install_swap_processors()
 
     # ------------------------------------------------------------------------------------------- construction
-    def _install_swap_processors(self) -> None:
+    def _install_swap_processors(self) -> list[str]:
         # role=None: the processors follow reference_state.mode ("write" on the source pass, "swap" on the target).
-        install_reference_processors(self.unet, self.reference_state, role=None)
+        return install_reference_processors(self.unet, self.reference_state, role=None)
 
     def load_ip_adapter(self, *args, **kwargs):
         if self.pose_guider is not None:
             raise ValueError("the trained backbone has no IP-Adapter path (its reference is dropped)")
         # The loader re-creates each self-attention processor from its class with no arguments: hand it defaults.
-        from diffusers.models.attention_processor import AttnProcessor2_0
-
-        self.unet.set_attn_processor({name: AttnProcessor2_0() if isinstance(proc, ReferenceAttnProcessor) else proc
-                                      for name, proc in self.unet.attn_processors.items()})
+        remove_reference_processors(self.unet)
         super().load_ip_adapter(*args, **kwargs)
-        self._install_swap_processors()
+        self._swap_layers = self._install_swap_processors()
+
+    def enable_xformers_memory_efficient_attention(self, attention_op=None):
+        """xformers for every attention layer; the swap processors stay and use the xformers kernel."""
+        super().enable_xformers_memory_efficient_attention(attention_op)
+        self._swap_layers = install_reference_processors(self.unet, self.reference_state, kernel="xformers")
+
+    def disable_xformers_memory_efficient_attention(self):
+        super().disable_xformers_memory_efficient_attention()
+        self._swap_layers = self._install_swap_processors()
+
+    def enable_attention_slicing(self, slice_size="auto"):
+        """Sliced attention everywhere; the swap processors stay and slice too."""
+        super().enable_attention_slicing(slice_size)
+        self._swap_layers = install_reference_processors(
+            self.unet, self.reference_state, kernel="sdpa" if slice_size is None else "sliced",
+            slice_size=slice_size)
 
     @property
     def has_ip_adapter(self) -> bool:
@@ -221,6 +293,10 @@ class ZeroShotPoseTransferPipeline(DiffusionPipeline, IPAdapterMixin):
     @property
     def is_video_backbone(self) -> bool:
         return isinstance(self.unet, UNetMotionModel)
+
+    @property
+    def initial_noise_correlation(self) -> float:
+        return self.config.frame_noise_correlation if self.is_video_backbone else 1.0
 
     @classmethod
     def from_stock(cls, base_dir, controlnet_dir, ip_adapter=None, image_encoder_dir=None,
@@ -247,10 +323,10 @@ class ZeroShotPoseTransferPipeline(DiffusionPipeline, IPAdapterMixin):
                 raise MissingWeightsError(f"IP-Adapter weights: {ip_file} is not a .bin or .safetensors file")
             encoder_dir = Path(image_encoder_dir) if image_encoder_dir else base / "image_encoder"
             encoder_dir = require_dir(encoder_dir, "IP-Adapter image encoder folder (--image-encoder)")
-            image_encoder, feature_extractor = _load_image_encoder(encoder_dir, base, kwargs)
+            image_encoder, feature_extractor = _load_image_encoder(encoder_dir, base, torch_dtype)
         pipe = cls(vae=vae, unet=unet, scheduler=scheduler, controlnet=controlnet, image_encoder=image_encoder,
                    feature_extractor=feature_extractor)
-        pipe.prompt_embeds = _empty_prompt_embeds(base, unet.config.cross_attention_dim, kwargs)
+        pipe.prompt_embeds = _empty_prompt_embeds(base, unet.config.cross_attention_dim)
         if ip_adapter is not None:
             pipe.load_ip_adapter(str(ip_file.parent), subfolder="", weight_name=ip_file.name,
                                  image_encoder_folder=None, local_files_only=True)
@@ -280,23 +356,23 @@ class ZeroShotPoseTransferPipeline(DiffusionPipeline, IPAdapterMixin):
         pose_guider = PoseGuider.from_pretrained(root / "pose_guider", **kwargs)
         vae = AutoencoderKL.from_pretrained(root / "vae", **kwargs)
         scheduler = DDIMScheduler.from_config(DDIMScheduler.load_config(root / "scheduler"))
-        pipe = cls(vae=vae, unet=unet, scheduler=scheduler, pose_guider=pose_guider)
-        cross = unet.config.cross_attention_dim
-        pipe.prompt_embeds = torch.zeros(1, 1, cross, dtype=vae.dtype)  # the zero CLIP token
         index = root / "model_index.json"
-        pipe.frame_noise_correlation = float(json.loads(index.read_text()).get("frame_noise_correlation", 0.0)
-                                             if index.is_file() else 0.0)
+        correlation = float(json.loads(index.read_text()).get("frame_noise_correlation", 0.0)
+                            if index.is_file() else 0.0)
+        pipe = cls(vae=vae, unet=unet, scheduler=scheduler, pose_guider=pose_guider,
+                   frame_noise_correlation=correlation)
+        pipe.prompt_embeds = torch.zeros(1, 1, unet.config.cross_attention_dim, dtype=vae.dtype)  # zero CLIP token
         return pipe
 
     # ------------------------------------------------------------------------------------------- pieces
-    def _encode_source(self, source: np.ndarray, height: int, width: int) -> torch.Tensor:
-        from .io import fit_reference
-
-        image = fit_reference(to_uint8_frames(source)[0], width, height)[None]
-        pixels = torch.from_numpy(np.array(image)).permute(0, 3, 1, 2).to(self.device, self.vae.dtype) / 127.5 - 1.0
+    @torch.no_grad()
+    def encode_source(self, source: np.ndarray, height: int, width: int) -> torch.Tensor:
+        """VAE latent (mode) x scaling factor of the source cropped to the output's aspect ratio: (1, 4, h, w)."""
+        pixels = self.reference_pixels(source, height, width)
         return self.vae.encode(pixels).latent_dist.mode() * self.vae.config.scaling_factor
 
-    def _encode_ip_image(self, source: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    @torch.no_grad()
+    def encode_ip_image(self, source: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """IP-Adapter image embeddings of the source and their unconditional counterpart, (1, 1, ...) each.
 
         Plain IP-Adapters take CLIP `image_embeds` (unconditional: zeros); Plus-style ones (Resampler) take the
@@ -306,8 +382,8 @@ class ZeroShotPoseTransferPipeline(DiffusionPipeline, IPAdapterMixin):
 
         if self.image_encoder is None or self.feature_extractor is None:
             raise ValueError("an IP-Adapter is loaded but no image encoder / feature extractor is set")
-        pixels = self.feature_extractor(source[0], return_tensors="pt").pixel_values
-        pixels = pixels.to(self.device, self.image_encoder.dtype)
+        pixels = self.feature_extractor(source, return_tensors="pt").pixel_values
+        pixels = pixels.to(self._execution_device, self.image_encoder.dtype)
         layers = self.unet.encoder_hid_proj.image_projection_layers
         if len(layers) != 1:
             raise ValueError(f"exactly one IP-Adapter is supported, {len(layers)} are loaded")
@@ -319,210 +395,137 @@ class ZeroShotPoseTransferPipeline(DiffusionPipeline, IPAdapterMixin):
             uncond = self.image_encoder(torch.zeros_like(pixels), output_hidden_states=True).hidden_states[-2]
         return embeds[:, None], uncond[:, None]  # one image per IP-Adapter, as the UNet's projection expects
 
-    def _predict(self, sample, t, context, ip_embeds, control, pose_features, control_scale):
-        """One UNet call (with ControlNet residuals or Pose Guider features when given)."""
+    def run_unet(self, sample, t, context, ip_embeds, control, pose_features, control_scale):
+        """One UNet call on (N, 4, f, h, w) latents: N*f spatial rows for a 2-D UNet, N clips for a motion UNet.
+
+        context / ip_embeds: one row per sample (N, ...), repeated per frame here; control (ControlNet pose pixels)
+        and pose_features (Pose Guider) are already per frame, (N*f, ...) batch-major.
+        """
+        batch, channels, frames = sample.shape[:3]
+        dtype = self.unet.dtype
+        per_frame = lambda x: None if x is None else x.repeat_interleave(frames, dim=0).to(dtype)  # noqa: E731
+        context, ip_embeds = per_frame(context), per_frame(ip_embeds)
+        rows = sample.permute(0, 2, 1, 3, 4).reshape(batch * frames, channels, *sample.shape[3:])
+        model_input = (sample if self.is_video_backbone else rows).to(dtype)
         kwargs = {}
         if ip_embeds is not None:
             kwargs["added_cond_kwargs"] = {"image_embeds": [ip_embeds]}
         if control is not None:
-            down, mid = self.controlnet(sample, t, encoder_hidden_states=context, controlnet_cond=control,
+            down, mid = self.controlnet(model_input, t, encoder_hidden_states=context,
+                                        controlnet_cond=control.to(self.controlnet.dtype),
                                         conditioning_scale=control_scale, return_dict=False)
             kwargs.update(down_block_additional_residuals=down, mid_block_additional_residual=mid)
         if self._pose_adder is not None:
             self._pose_adder.residual = pose_features
         try:
-            return self.unet(sample, t, encoder_hidden_states=context, return_dict=False, **kwargs)[0]
+            out = self.unet(model_input, t, encoder_hidden_states=context, return_dict=False, **kwargs)[0]
         finally:
             if self._pose_adder is not None:
                 self._pose_adder.residual = None
+        if self.is_video_backbone:
+            return out
+        return out.reshape(batch, frames, channels, *out.shape[2:]).permute(0, 2, 1, 3, 4)
 
     # ------------------------------------------------------------------------------------------- sampling
     @torch.no_grad()
-    def __call__(self, source_image, pose_images, num_inference_steps: int = 25, guidance_scale: float = 1.0,
-                 generator: torch.Generator | None = None, options: ZeroShotOptions | None = None,
-                 prompt_embeds: torch.Tensor | None = None, negative_prompt_embeds: torch.Tensor | None = None,
-                 controlnet_conditioning_scale: float = 1.0, frame_batch_size: int = 8,
-                 output_type: str = "np", latents: torch.Tensor | None = None, progress: bool = True):
-        """Render `source_image`'s subject in each pose of `pose_images` (uint8 RGB skeletons, (H, W, 3) or
-        (F, H, W, 3); the output has their size). Returns uint8 (F, H, W, 3), or latents for output_type="latent"
-        ((F, 4, h, w); (1, 4, F, h, w) on a video backbone)."""
-        options = (options or ZeroShotOptions()).validate()
-        source = to_uint8_frames(source_image)[:1]
-        poses = to_uint8_frames(pose_images)
-        frames, height, width = poses.shape[:3]
-        if height % self.vae_scale_factor or width % self.vae_scale_factor:
-            raise ValueError(f"pose images are {width}x{height}: both sides must be multiples of "
-                             f"{self.vae_scale_factor}")
-        if self.is_video_backbone:
-            max_frames = self.unet.config.get("motion_max_seq_length", frames)
-            if frames > max_frames:
-                raise ValueError(f"{frames} frames exceed the motion modules' maximum of {max_frames}")
-        device, dtype = self.device, self.unet.dtype
+    def __call__(self, source_image, pose_images, height: int | None = None, width: int | None = None,
+                 num_inference_steps: int = 25, guidance_scale: float = 1.0, options: ZeroShotOptions | None = None,
+                 num_videos_per_prompt: int = 1, context_frames: int = 24, context_overlap: int = 4,
+                 closed_loop: bool = False, prompt_embeds: torch.Tensor | None = None,
+                 negative_prompt_embeds: torch.Tensor | None = None, controlnet_conditioning_scale: float = 1.0,
+                 decode_chunk_size: int = 8, generator=None, latents: torch.Tensor | None = None, eta: float = 0.0,
+                 output_type: str = "np", return_dict: bool = True, callback_on_step_end=None,
+                 callback_on_step_end_tensor_inputs=("latents",)):
+        """Render `source_image`'s subject in each pose of `pose_images`; returns `PoseVideoPipelineOutput`.
 
+        Inputs and sizes as `PoseToVideoPipeline`: the source is a path, PIL image or uint8 (H, W, 3); the poses a
+        video/image/folder path, uint8 (F, H, W, 3) or a list of images; the output size defaults to the poses'
+        (rounded down to multiples of 8). Frames beyond `context_frames` are denoised in windows (a video backbone)
+        or chunks (an image backbone, frames sharing one initial noise).
+        """
+        # 1. Check inputs; bring the source and the poses to the output size.
+        options = (options or ZeroShotOptions()).validate()
+        self.check_common_inputs(num_inference_steps, decode_chunk_size, output_type, callback_on_step_end,
+                                 callback_on_step_end_tensor_inputs)
+        if num_videos_per_prompt < 1:
+            raise ValueError(f"num_videos_per_prompt must be >= 1, got {num_videos_per_prompt}")
+        source, poses, height, width = self.prepare_inputs(source_image, pose_images, height, width)
+        check_reference_processors(self.unet, self._swap_layers, "zero-shot UNet")
+        self._guidance_scale = guidance_scale
+        self._interrupt = False
+
+        # 2. Call parameters: guidance rows (no pose guidance here), layers that swap, windows.
+        device, num_frames = self._execution_device, len(poses)
+        rows = guidance_rows(guidance_scale)
+        state = self.reference_state
+        state.temperature = float(options.temperature)
+        state.active_layers = select_swap_layers(self.unet, options.swap_layers)
+        max_frames = self.unet.config.motion_max_seq_length if self.is_video_backbone else None
+        windows = frame_windows(num_frames, context_frames, context_overlap, closed_loop, self.is_video_backbone,
+                                max_frames)
+
+        # 3. Conditions: prompt (the encoded empty prompt, or the zero CLIP token), source latent, IP-Adapter
+        #    image embeddings, pose conditioning (ControlNet pixels or Pose Guider features), per video.
         context = prompt_embeds if prompt_embeds is not None else self.prompt_embeds
         if context is None:
             context = torch.zeros(1, 77, self.unet.config.cross_attention_dim)
-        context = context.to(device, dtype)
-        negative = negative_prompt_embeds.to(device, dtype) if negative_prompt_embeds is not None else context
-        source_latents = self._encode_source(source, height, width).to(dtype)
-        ip_embeds = uncond_ip = None
+        context = context.to(device, torch.float32)
+        negative = negative_prompt_embeds.to(device, torch.float32) if negative_prompt_embeds is not None \
+            else context
+        ip = uncond_ip = None
         if self.has_ip_adapter:
-            ip_embeds, uncond_ip = (e.to(dtype) for e in self._encode_ip_image(source))
-        pose_pixels = torch.from_numpy(np.array(poses)).permute(0, 3, 1, 2).to(device, dtype) / 255.0
-        latent_shape = (height // self.vae_scale_factor, width // self.vae_scale_factor)
+            ip, uncond_ip = (e.float() for e in self.encode_ip_image(source))
+        pose_pixels = torch.from_numpy(poses).permute(0, 3, 1, 2).to(device, torch.float32) / 255.0
+        pose_features = None
+        if self.pose_guider is not None:
+            pose_features = self.pose_guider(pose_pixels.to(self.pose_guider.dtype))
+        batch = num_videos_per_prompt
+        per_video = lambda x: None if x is None else x.expand(batch, *x.shape[1:])  # noqa: E731 - one row a video
+        conditions = {
+            "source": self.encode_source(source, height, width).float(),
+            "context": per_video(context), "negative": per_video(negative), "ip": per_video(ip),
+            "uncond_ip": per_video(uncond_ip), "control": pose_pixels if self.controlnet is not None else None,
+            "pose": pose_features,
+        }
 
-        if self.is_video_backbone:
-            noise = self._initial_noise((1, 4, frames) + latent_shape, generator, latents)
-            result = self._sample(noise, pose_pixels, source_latents, context, negative, (ip_embeds, uncond_ip),
-                                  num_inference_steps, guidance_scale, generator, options,
-                                  controlnet_conditioning_scale, progress)
-            out_latents = result.permute(0, 2, 1, 3, 4).reshape(frames, 4, *latent_shape)
-        else:
-            # Image backbone: frames are independent rows sharing one initial noise (consistent identity/layout).
-            shared = self._initial_noise((1, 4) + latent_shape, generator, latents)
-            chunks = []
-            for start in range(0, frames, max(1, frame_batch_size)):
-                stop = min(frames, start + max(1, frame_batch_size))
-                chunks.append(self._sample(shared.expand(stop - start, -1, -1, -1).clone(), pose_pixels[start:stop],
-                                           source_latents, context, negative, (ip_embeds, uncond_ip),
-                                           num_inference_steps, guidance_scale, generator, options,
-                                           controlnet_conditioning_scale, progress))
-            out_latents = torch.cat(chunks)
-            result = out_latents
-        if output_type == "latent":
-            return result
-        return self.decode(out_latents)
+        # 4. Timesteps; 5. initial noise; 6. extra scheduler-step arguments.
+        scheduler = sampling_scheduler(self.scheduler)
+        scheduler.set_timesteps(num_inference_steps, device=device)
+        latents = self.prepare_latents(batch, num_frames, height, width, generator,
+                                       latents) * scheduler.init_noise_sigma
+        conditions["latents_like"] = latents
+        step_kwargs = scheduler_step_kwargs(scheduler, generator, eta)
 
-    def _initial_noise(self, shape, generator, latents):
-        from diffusers.utils.torch_utils import randn_tensor
-
-        if latents is not None:
-            if tuple(latents.shape) != tuple(shape):
-                raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
-            noise = latents.to(self.device, self.unet.dtype)
-        else:
-            noise = randn_tensor(shape, generator=generator, device=self.device, dtype=self.unet.dtype)
-            rho = getattr(self, "frame_noise_correlation", 0.0)
-            if len(shape) == 5 and rho > 0:  # a video backbone: its frames' noise as it was trained (model_index)
-                common_shape = (shape[0], shape[1], 1) + tuple(shape[3:])
-                common = randn_tensor(common_shape, generator=generator, device=self.device, dtype=self.unet.dtype)
-                noise = common.expand(shape) if rho >= 1 else rho ** 0.5 * common + (1 - rho) ** 0.5 * noise
-        return noise * self.scheduler.init_noise_sigma
-
-    def _sample(self, latents, pose_pixels, source_latents, context, negative, ip_pair, num_inference_steps,
-                guidance_scale, generator, options, control_scale, progress):
-        """The denoising loop for one batch of target rows (F image rows, or one (1, 4, F, h, w) video)."""
-        from diffusers.utils.torch_utils import randn_tensor
-
-        ip_embeds, uncond_ip = ip_pair
-        state, scheduler = self.reference_state, self.scheduler
-        video = latents.ndim == 5
-        rows = latents.shape[2] if video else latents.shape[0]  # spatial-attention rows of the target pass
-        guided = guidance_scale > 1.0
-        state.temperature = float(options.temperature)
-        state.active_layers = select_swap_layers(self.unet, options.swap_layers)
-
-        def repeat_rows(tensor, n):
-            return tensor.expand(n, *tensor.shape[1:]) if tensor.shape[0] == 1 else tensor
-
-        target_context = repeat_rows(context, rows)
-        target_ip = repeat_rows(ip_embeds, rows) if ip_embeds is not None else None
-        control = pose_pixels if self.controlnet is not None else None
-        pose_features = self.pose_guider(pose_pixels) if self.pose_guider is not None else None
-        if guided:
-            target_context = torch.cat([repeat_rows(negative, rows), target_context])
-            if target_ip is not None:
-                target_ip = torch.cat([repeat_rows(uncond_ip, rows), target_ip])
-            control = torch.cat([control] * 2) if control is not None else None
-            pose_features = torch.cat([pose_features] * 2) if pose_features is not None else None
-
-        scheduler.set_timesteps(num_inference_steps, device=self.device)
-        timesteps = scheduler.timesteps
-        extra = {"generator": generator} if "generator" in scheduler.step.__code__.co_varnames else {}
-        previous_target = previous_source = None
-        swapped_last_step = False
-        bar = self.progress_bar(total=len(timesteps)) if progress else None
+        # 7. Denoising loop: per step and window, the source pass then the swapped target pass.
+        step = _SwapStep(self, scheduler, options, rows, guidance_scale, conditions, len(scheduler.timesteps),
+                         generator, controlnet_conditioning_scale)
         try:
-            for i, t in enumerate(timesteps):
-                swap_now = options.swaps_at(i, len(timesteps))
-                state.bank = {}
-                state.dropped = None
-                if swap_now:
-                    # Source noise for this step: the previous prediction when asked for and available.
-                    if options.source_noise == "previous-target" and previous_target is not None:
-                        source_noise = previous_target
-                    elif options.source_noise == "previous-source" and previous_source is not None \
-                            and swapped_last_step:
-                        source_noise = previous_source
-                    else:
-                        shape = (1, 4, 1) + tuple(source_latents.shape[-2:]) if video else source_latents.shape
-                        source_noise = randn_tensor(shape, generator=generator, device=self.device,
-                                                    dtype=latents.dtype)
-                    clean = source_latents[:, :, None] if video else source_latents
-                    source_sample = scheduler.add_noise(clean, source_noise, t.reshape(1))
-                    source_sample = scheduler.scale_model_input(source_sample, t)
-                    source_rows = source_sample.shape[2] if video else source_sample.shape[0]
-                    state.mode = "write"
-                    source_out = self._predict(source_sample, t, repeat_rows(context, source_rows),
-                                               repeat_rows(ip_embeds, source_rows) if ip_embeds is not None
-                                               else None, None, None, control_scale)
-                    previous_source = as_epsilon(scheduler, source_out, source_sample, t)
-                    if guided:  # [unconditional ; conditional] rows: only conditional rows see the source
-                        state.repeat_bank(2)
-                        state.dropped = torch.tensor([True] * source_rows + [False] * source_rows)
-                    state.mode = "swap"
-                else:
-                    state.mode = "off"
-                swapped_last_step = swap_now
-
-                model_input = torch.cat([latents] * 2) if guided else latents
-                model_input = scheduler.scale_model_input(model_input, t)
-                out = self._predict(model_input, t, target_context, target_ip, control, pose_features,
-                                    control_scale)
-                if guided:
-                    uncond, cond = out.chunk(2)
-                    out = uncond + guidance_scale * (cond - uncond)
-                previous_target = as_epsilon(scheduler, out, latents, t)
-                latents = scheduler.step(out, t, latents, **extra, return_dict=False)[0]
-                if bar is not None:
-                    bar.update()
+            latents = self.denoise(latents, scheduler.timesteps, scheduler, windows, step, step_kwargs,
+                                   callback_on_step_end, callback_on_step_end_tensor_inputs)
         finally:
-            if bar is not None:
-                bar.close()
             state.mode, state.bank, state.dropped = "off", {}, None
-        return latents
 
-    def decode(self, latents: torch.Tensor, chunk: int = 8) -> np.ndarray:
-        """(F, 4, h, w) latents -> uint8 (F, H, W, 3), decoded a few frames at a time."""
-        images = []
-        for start in range(0, latents.shape[0], chunk):
-            part = latents[start:start + chunk].to(self.vae.dtype) / self.vae.config.scaling_factor
-            pixels = self.vae.decode(part, return_dict=False)[0]
-            images.append(((pixels.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).cpu())
-        return torch.cat(images).permute(0, 2, 3, 1).numpy()
+        # 8. Decode in chunks and convert; 9. offload hooks back to their resting state.
+        frames = self.postprocess(latents, output_type, decode_chunk_size)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (frames,)
+        return PoseVideoPipelineOutput(frames=frames)
 
 
-def _load_image_encoder(encoder_dir: Path, base: Path, kwargs: dict):
-    from transformers import CLIPVisionModelWithProjection
-
-    try:
-        from transformers import CLIPImageProcessorPil as CLIPImageProcessor
-    except ImportError:  # pragma: no cover - older transformers
-        from transformers import CLIPImageProcessor
-
-    require_dir(encoder_dir, "image encoder folder")
-    tf_kwargs = {k: v for k, v in kwargs.items() if k != "torch_dtype"}
-    if "torch_dtype" in kwargs:
-        tf_kwargs["dtype"] = kwargs["torch_dtype"]
-    encoder = CLIPVisionModelWithProjection.from_pretrained(encoder_dir, **tf_kwargs)
+def _load_image_encoder(encoder_dir: Path, base: Path, torch_dtype=None):
+    """The IP-Adapter's CLIP image encoder and its preprocessor (from beside it, the base folder, or CLIP's
+    standard preprocessing at the encoder's image size)."""
+    encoder = load_image_encoder(encoder_dir, torch_dtype)
+    processor = clip_image_processor_class()
     for folder in (encoder_dir, base / "feature_extractor"):
         if (folder / "preprocessor_config.json").exists():
-            return encoder, CLIPImageProcessor.from_pretrained(folder, local_files_only=True)
+            return encoder, processor.from_pretrained(folder, **offline_kwargs())
     size = encoder.config.image_size
-    return encoder, CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    return encoder, processor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
 
 
-def _empty_prompt_embeds(base: Path, cross_attention_dim: int, kwargs: dict) -> torch.Tensor:
+def _empty_prompt_embeds(base: Path, cross_attention_dim: int) -> torch.Tensor:
     """The CLIP text embedding of "" when the base folder has a text encoder; zeros (1, 77, D) otherwise.
 
     The method needs no text: the appearance comes from the IP-Adapter and the swap. SD1.5 and its IP-Adapter were
@@ -540,19 +543,25 @@ def _empty_prompt_embeds(base: Path, cross_attention_dim: int, kwargs: dict) -> 
         return encoder(ids)[0].float()
 
 
-def render_zero_shot(model_dir, reference_image, pose_frames, num_inference_steps: int = 25, seed: int = 0,
+def render_zero_shot(model_dir_or_pipe, reference_image, pose_frames, num_inference_steps: int = 25, seed: int = 0,
                      guidance_scale: float = 1.0, options: ZeroShotOptions | None = None, device=None,
-                     torch_dtype: torch.dtype | None = None, progress: bool = False) -> np.ndarray:
-    """The zero-shot method on a trained model's backbone (for the comparison tool): uint8 (F, H, W, 3).
+                     torch_dtype: torch.dtype | None = None, **kwargs) -> np.ndarray:
+    """The zero-shot method (for the comparison tool, the app): uint8 (F, H, W, 3) frames of one video.
 
-    reference_image: uint8 (H, W, 3); pose_frames: uint8 (F, H, W, 3) skeletons; the output has the poses' size.
+    model_dir_or_pipe: a trained model folder (its backbone is used) or a loaded pipeline (stock or trained);
+    reference_image: uint8 (H, W, 3); pose_frames: uint8 (F, H, W, 3) skeletons; other keyword arguments go to
+    the pipeline call (height, width, context_frames, ...).
     """
-    pipe = ZeroShotPoseTransferPipeline.from_model_folder(model_dir, torch_dtype=torch_dtype)
+    pipe = model_dir_or_pipe
+    if not isinstance(pipe, ZeroShotPoseTransferPipeline):
+        pipe = ZeroShotPoseTransferPipeline.from_model_folder(pipe, torch_dtype=torch_dtype)
+        pipe.set_progress_bar_config(disable=True)
     if device is not None:
         pipe.to(device)
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    return pipe(reference_image, pose_frames, num_inference_steps=num_inference_steps,
-                guidance_scale=guidance_scale, generator=generator, options=options, progress=progress)
+    frames = pipe(reference_image, pose_frames, num_inference_steps=num_inference_steps,
+                  guidance_scale=guidance_scale, generator=torch.Generator().manual_seed(int(seed)),
+                  options=options, output_type="np", **kwargs).frames
+    return to_uint8(frames[0])
 
 
 GRID_VARIANTS = (
@@ -571,6 +580,8 @@ def render_variant_grid(pipes: dict, source: np.ndarray, pose: np.ndarray, num_i
     """One row per backbone (name -> pipeline): source, pose, then one picture per variant, same seed; labelled."""
     from PIL import Image, ImageDraw
 
+    from .io import as_rgb_array, resize
+
     label_height = 14
     columns = [("source", None), ("pose", None)] + list(variants)
     grid = Image.new("RGB", (cell * len(columns) + 90, (cell + label_height) * len(pipes) + label_height),
@@ -583,10 +594,9 @@ def render_variant_grid(pipes: dict, source: np.ndarray, pose: np.ndarray, num_i
         draw.text((2, top + cell // 2), name, fill=(0, 0, 0))
         for c, (label, options) in enumerate(columns):
             if options is None:
-                picture = resize_frames(to_uint8_frames(source if label == "source" else pose)[:1],
-                                        pose.shape[0], pose.shape[1])[0]
+                picture = resize(as_rgb_array(source if label == "source" else pose), pose.shape[1], pose.shape[0])
             else:
-                picture = pipe(source, pose, num_inference_steps=num_inference_steps, options=options,
-                               generator=torch.Generator().manual_seed(seed), progress=False)[0]
+                picture = render_zero_shot(pipe, source, pose, num_inference_steps=num_inference_steps,
+                                           options=options, seed=seed)[0]
             grid.paste(Image.fromarray(picture).resize((cell, cell), Image.NEAREST), (90 + c * cell, top))
     return np.asarray(grid)

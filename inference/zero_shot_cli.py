@@ -48,7 +48,9 @@ def register(subparsers) -> None:
     p.add_argument("--steps", type=int, default=25, help="DDIM steps (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--frames", type=int, default=None, help="use at most this many pose frames")
-    p.add_argument("--frame-batch", type=int, default=8, help="frames per batch on an image backbone")
+    p.add_argument("--context", type=int, default=24,
+                   help="frames per window (video backbone) or per UNet batch (image backbone) (default 24)")
+    p.add_argument("--overlap", type=int, default=4, help="frames shared by neighbouring windows (default 4)")
     p.add_argument("--fps", type=float, default=None, help="output fps (default: the pose video's, else 8)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
@@ -75,8 +77,10 @@ def _check_args(args):
         raise UserError("give --model TRAINED_DIR, or --base SD15_DIR and --controlnet CN_DIR")
     if args.image_encoder and not args.ip_adapter:
         raise UserError("--image-encoder is only used with --ip-adapter")
-    if args.steps < 1 or args.frame_batch < 1 or (args.frames is not None and args.frames < 1):
-        raise UserError("--steps, --frames and --frame-batch must be at least 1")
+    if args.steps < 1 or args.context < 1 or (args.frames is not None and args.frames < 1):
+        raise UserError("--steps, --frames and --context must be at least 1")
+    if not 0 <= args.overlap < args.context:
+        raise UserError(f"--overlap must be in [0, --context), got {args.overlap}")
     out = Path(args.out)
     if out.suffix.lower() not in IMAGE_SUFFIXES | VIDEO_OUT_SUFFIXES:
         raise UserError(f"{out}: output must end in .png/.jpg (one pose) or .mp4/.gif")
@@ -89,7 +93,7 @@ def _check_args(args):
 
 
 def _write(out: Path, frames, fps, overwrite: bool) -> None:
-    from ..data.atomic import atomic_path
+    from ..atomic import atomic_path
     from ..data.video import write_gif, write_video
     from PIL import Image
 
@@ -112,7 +116,9 @@ def run_zero_shot(args) -> int:
     import torch
 
     from ..data.video import load_image_rgb
-    from .zero_shot import ZeroShotOptions, ZeroShotPoseTransferPipeline, parse_swap_steps, resize_frames
+    from .io import round_size
+    from .sampling import to_uint8
+    from .zero_shot import ZeroShotOptions, ZeroShotPoseTransferPipeline, parse_swap_steps
     from ..models.loading import MissingWeightsError
 
     try:
@@ -125,10 +131,9 @@ def run_zero_shot(args) -> int:
         raise UserError(str(error)) from None
     if len(poses) > 1 and out.suffix.lower() in IMAGE_SUFFIXES:
         raise UserError(f"{args.pose} has {len(poses)} frames: write a .mp4 or .gif, or pass --frames 1")
-    height, width = (poses.shape[1] // 8) * 8, (poses.shape[2] // 8) * 8
-    if height == 0 or width == 0:
-        raise UserError(f"{args.pose}: pose images of {poses.shape[2]}x{poses.shape[1]} are smaller than 8x8")
-    poses = resize_frames(poses, height, width)
+    width, height, changed = round_size(poses.shape[2], poses.shape[1])  # the size policy `animate` has
+    if changed:
+        print(f"note: size rounded down to {width}x{height} (multiples of 8)")
 
     started = time.perf_counter()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -150,9 +155,11 @@ def run_zero_shot(args) -> int:
         pipe.to(device)
     loaded = time.perf_counter()
     try:
-        frames = pipe(reference, poses, num_inference_steps=args.steps, guidance_scale=args.guidance,
-                      generator=torch.Generator().manual_seed(args.seed), options=options,
-                      controlnet_conditioning_scale=args.controlnet_scale, frame_batch_size=args.frame_batch)
+        frames = pipe(reference, poses, height=height, width=width, num_inference_steps=args.steps,
+                      guidance_scale=args.guidance, generator=torch.Generator().manual_seed(args.seed),
+                      options=options, controlnet_conditioning_scale=args.controlnet_scale,
+                      context_frames=args.context, context_overlap=args.overlap).frames
+        frames = to_uint8(frames[0])
     except ValueError as error:
         raise UserError(str(error)) from None
     rendered = time.perf_counter()
@@ -166,51 +173,3 @@ def run_zero_shot(args) -> int:
           f"{rendered - loaded:.1f} s on {device}")
     print(f"wrote {out} ({len(frames)} frame(s), {width}x{height})")
     return 0
-
-
-def benchmark(size: int = 128, steps: int = 10, repeats: int = 2) -> None:
-    """Print seconds per denoising step of the method's settings on tiny random components (CPU or GPU).
-
-    Figures show relative cost (source pass, guidance), not absolute speed of real SD1.5 weights.
-    `python -m inference.zero_shot_cli` runs it.
-    """
-    import copy
-    import time
-
-    import numpy as np
-    import torch
-    from diffusers import ControlNetModel
-
-    from .zero_shot import ZeroShotOptions, ZeroShotPoseTransferPipeline
-    from ..models import build_tiny_components
-
-    parts = build_tiny_components(seed=0)
-    controlnet = ControlNetModel.from_unet(parts["unet"], conditioning_embedding_out_channels=(8, 16, 32, 64))
-    pipe = ZeroShotPoseTransferPipeline(vae=parts["vae"], unet=copy.deepcopy(parts["unet"]),
-                                        scheduler=parts["scheduler"], controlnet=controlnet)
-    pipe.to("cuda" if torch.cuda.is_available() else "cpu")
-    pipe.set_progress_bar_config(disable=True)
-    calls = []
-    pipe.unet.register_forward_pre_hook(lambda module, args: calls.append(1))
-    rng = np.random.default_rng(0)
-    source = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-    pose = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-    settings = [("swap off, guidance 1", False, 1.0), ("swap on,  guidance 1", True, 1.0),
-                ("swap off, guidance 3", False, 3.0), ("swap on,  guidance 3", True, 3.0)]
-    print(f"device {pipe.device}, threads {torch.get_num_threads()}, {size}x{size} px "
-          f"({size // 8}x{size // 8} latent), {steps} steps, best of {repeats}")
-    for label, swap, guidance in settings:
-        best = float("inf")
-        for _ in range(repeats):
-            calls.clear()
-            start = time.perf_counter()
-            pipe(source, pose, num_inference_steps=steps, guidance_scale=guidance, output_type="latent",
-                 options=ZeroShotOptions(swap=swap), generator=torch.Generator().manual_seed(0), progress=False)
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            best = min(best, time.perf_counter() - start)
-        print(f"{label}: {1000 * best / steps:7.1f} ms/step, {len(calls) / steps:.0f} UNet call(s)/step")
-
-
-if __name__ == "__main__":
-    benchmark()

@@ -19,12 +19,26 @@ import torch
 from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
 from torch import nn
 
-from .attention import ReferenceComplete, ReferenceState, install_reference_processors
-from .loading import offline_kwargs, require_dir, save_folder_atomically
-from .motion import is_motion_parameter, split_motion_unet, to_motion_unet
+from ..atomic import atomic_folder
+from .attention import (ReferenceComplete, ReferenceState, check_reference_processors, install_reference_processors,
+                        set_reference_kernel)
+from .loading import offline_kwargs, require_dir
+from .motion import is_motion_parameter, source_configs, split_motion_unet, to_motion_unet
 from .pose_guider import ConvInAdder, PoseGuider
 
 SUBFOLDERS = ("reference_unet", "denoising_unet", "pose_guider")
+
+
+def clone_unet(unet: UNet2DConditionModel) -> UNet2DConditionModel:
+    """A second UNet with `unet`'s config and a copy of its weights (same dtype and device): how a base UNet
+    becomes the ReferenceNet/denoising pair. Built on the meta device, so no time goes into a random init."""
+    with torch.device("meta"):
+        clone = UNet2DConditionModel.from_config(unet.config)
+    clone = clone.to_empty(device=unet.device)
+    if clone.dtype != unet.dtype:
+        clone = clone.to(unet.dtype)
+    clone.load_state_dict(unet.state_dict())
+    return clone.train(unet.training)
 
 
 def reference_tail_parameter_names(unet: UNet2DConditionModel, last_layer: str) -> set[str]:
@@ -42,31 +56,44 @@ def reference_tail_parameter_names(unet: UNet2DConditionModel, last_layer: str) 
 
 
 class Animator(nn.Module):
-    def __init__(self, reference_unet: UNet2DConditionModel, denoising_unet: UNet2DConditionModel,
-                 pose_guider: PoseGuider, motion_adapter: MotionAdapter | None = None):
+    """The trainable model. `denoising_unet` is a 2-D UNet (with `motion_adapter` to add motion modules), or a
+    motion UNet built by `models.to_motion_unet`; the parts are used as given (never copied), so an Animator can
+    also be a view over a pipeline's registered components."""
+
+    def __init__(self, reference_unet: UNet2DConditionModel, denoising_unet, pose_guider: PoseGuider,
+                 motion_adapter: MotionAdapter | None = None):
         super().__init__()
         if isinstance(denoising_unet, UNetMotionModel):
-            raise TypeError("pass the 2-D denoising UNet and the MotionAdapter separately")
+            if motion_adapter is not None:
+                raise ValueError("the denoising UNet already has motion modules: pass no motion_adapter")
+            source_configs(denoising_unet)  # a clear error now rather than at save time
         self.reference_unet = reference_unet
         self.denoising_unet = denoising_unet
         self.pose_guider = pose_guider
         self.reference_state = ReferenceState()
-        self.unet_config = dict(denoising_unet.config)
-        self.motion_adapter_config = None
         self._pose_adder = ConvInAdder()
         self._hook = None
         self._wire_reference()
         if motion_adapter is not None:
             self.add_motion_adapter(motion_adapter)
 
+    @classmethod
+    def from_base_unet(cls, unet: UNet2DConditionModel, pose_guider: PoseGuider,
+                       motion_adapter: MotionAdapter | None = None) -> "Animator":
+        """Stage 1's starting point: the ReferenceNet is a copy of the base UNet, which becomes the denoising UNet."""
+        return cls(clone_unet(unet), unet, pose_guider, motion_adapter)
+
     # ----------------------------------------------------------------------------------------------- structure
-    def _wire_reference(self) -> None:
+    def _wire_reference(self, kernel: str = "sdpa", slice_size=None) -> None:
         """(Re)install processors and the conv_in hook; needed again after the denoising UNet is replaced."""
-        reference_layers = install_reference_processors(self.reference_unet, self.reference_state, role="write")
-        denoising_layers = install_reference_processors(self.denoising_unet, self.reference_state, role="read")
+        reference_layers = install_reference_processors(self.reference_unet, self.reference_state, role="write",
+                                                        kernel=kernel, slice_size=slice_size)
+        denoising_layers = install_reference_processors(self.denoising_unet, self.reference_state, role="read",
+                                                        kernel=kernel, slice_size=slice_size)
         if set(reference_layers) != set(denoising_layers):
             raise ValueError("ReferenceNet and denoising UNet self-attention layers differ: "
                              f"{sorted(set(reference_layers) ^ set(denoising_layers))[:4]} ...")
+        self.reference_layers = reference_layers
         self.last_reference_layer = reference_layers[-1]
         tail = reference_tail_parameter_names(self.reference_unet, self.last_reference_layer)
         for name, param in self.reference_unet.named_parameters():
@@ -76,6 +103,34 @@ class Animator(nn.Module):
         if self._hook is not None:
             self._hook.remove()
         self._hook = self.denoising_unet.conv_in.register_forward_hook(self._pose_adder)
+
+    def set_attention_kernel(self, kernel: str = "sdpa", slice_size=None, reinstall: bool = False) -> None:
+        """Choose the reference processors' attention kernel ("sdpa", "xformers", "sliced"); `reinstall` first
+        puts them back where another call replaced them (e.g. diffusers' xformers or slicing switches)."""
+        if reinstall:
+            self._wire_reference(kernel, slice_size)
+        for unet in (self.reference_unet, self.denoising_unet):
+            set_reference_kernel(unet, kernel, slice_size)
+
+    def check_reference_attention(self) -> None:
+        """Before a forward: raise a message naming the cause if either UNet lost its reference processors (see
+        models.attention); take them back if another Animator over the same modules wired them to its own state."""
+        check_reference_processors(self.reference_unet, self.reference_layers, "ReferenceNet")
+        check_reference_processors(self.denoising_unet, self.reference_layers, "denoising UNet")
+        processor = self.denoising_unet.attn_processors[self.last_reference_layer]
+        if processor.state is not self.reference_state:
+            self._wire_reference(processor.kernel, processor.slice_size)
+
+    @property
+    def unet_config(self) -> dict:
+        """The 2-D denoising UNet's config (what `denoising_unet/` holds on disk)."""
+        if self.is_video_model:
+            return source_configs(self.denoising_unet)["unet"]
+        return dict(self.denoising_unet.config)
+
+    @property
+    def motion_adapter_config(self) -> dict | None:
+        return source_configs(self.denoising_unet)["motion_adapter"] if self.is_video_model else None
 
     @property
     def is_video_model(self) -> bool:
@@ -93,7 +148,6 @@ class Animator(nn.Module):
         """Turn the denoising UNet into a motion UNet, keeping its weights and the reference attention."""
         if self.is_video_model:
             raise ValueError("the denoising UNet already has motion modules")
-        self.motion_adapter_config = dict(adapter.config)
         self.denoising_unet = to_motion_unet(self.denoising_unet, adapter)
         self._wire_reference()
 
@@ -116,6 +170,7 @@ class Animator(nn.Module):
     # ----------------------------------------------------------------------------------------------- compute
     def encode_reference(self, ref_latents: torch.Tensor, image_embeds: torch.Tensor) -> None:
         """Run the ReferenceNet at timestep 0 on the clean reference; fills the bank the denoising UNet reads."""
+        self.check_reference_attention()
         unet = self.reference_unet
         state = self.reference_state
         state.bank = {}
@@ -193,13 +248,13 @@ class Animator(nn.Module):
         root.mkdir(parents=True, exist_ok=True)
         parts = {"reference_unet": self.reference_unet, "pose_guider": self.pose_guider}
         if self.is_video_model:
-            unet2d, adapter = split_motion_unet(self.denoising_unet, self.unet_config, self.motion_adapter_config)
+            unet2d, adapter = split_motion_unet(self.denoising_unet)
             parts.update(denoising_unet=unet2d, motion_adapter=adapter)
         else:
             parts["denoising_unet"] = self.denoising_unet
         for name, model in parts.items():
-            save_folder_atomically(root / name, lambda tmp, m=model: m.save_pretrained(
-                tmp, safe_serialization=safe_serialization))
+            with atomic_folder(root / name) as tmp:
+                model.save_pretrained(tmp, safe_serialization=safe_serialization)
         return root
 
     @classmethod

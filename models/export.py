@@ -4,18 +4,18 @@
       model_index.json            # PoseToVideoPipeline component list (diffusers pipeline format)
       reference_unet/ denoising_unet/ pose_guider/ [motion_adapter/]    # the Animator
       vae/ image_encoder/ feature_extractor/ scheduler/                 # frozen parts + the training schedule
+      README.md                   # the model card: what produced the folder (models/card.py)
 
 The scheduler saved here is the one training used, so inference samples with the schedule the model learned; the same
 holds for the frame-noise correlation recorded in model_index.json.
 """
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
+from ..atomic import atomic_folder, write_json
 from .animator import Animator
-from .loading import save_folder_atomically
+from .card import model_folder_card
 
 PIPELINE_CLASS = "PoseToVideoPipeline"
 
@@ -38,26 +38,24 @@ def write_model_index(out_dir, components: dict, config: dict | None = None) -> 
     index = {"_class_name": PIPELINE_CLASS, "_diffusers_version": diffusers.__version__}
     index.update({name: _library_and_class(obj) for name, obj in components.items()})
     index.update(config or {})
-    path = Path(out_dir) / "model_index.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(index, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_json(Path(out_dir) / "model_index.json", index, indent=2)
 
 
 def export_model_folder(out_dir, animator: Animator, vae, image_encoder, feature_extractor, scheduler,
-                        frame_noise_correlation: float = 0.0) -> Path:
+                        frame_noise_correlation: float = 0.0, card: dict | None = None) -> Path:
     """Write a complete model folder (safetensors), each part moved into place only when fully written.
 
     frame_noise_correlation: the share of noise variance common to all frames of a clip that a video model was
     trained with (0 = independent noise per frame, AnimateDiff's default); inference draws its noise the same way.
+    card: what the model card says about how the folder was produced (see `models.card.model_folder_card`).
     """
     out = Path(out_dir)
     animator.save_pretrained(out)
     frozen = {"vae": vae, "image_encoder": image_encoder, "feature_extractor": feature_extractor,
               "scheduler": scheduler}
     for name, part in frozen.items():
-        save_folder_atomically(out / name, part.save_pretrained)
+        with atomic_folder(out / name) as tmp:
+            part.save_pretrained(tmp)
     motion = None
     if animator.is_video_model:
         from diffusers import MotionAdapter
@@ -67,4 +65,5 @@ def export_model_folder(out_dir, animator: Animator, vae, image_encoder, feature
                   "denoising_unet": animator.reference_unet,  # a UNet2DConditionModel on disk either way
                   "pose_guider": animator.pose_guider, "motion_adapter": motion, **frozen}
     write_model_index(out, components, {"frame_noise_correlation": float(frame_noise_correlation)})
+    model_folder_card(out, animator, scheduler, float(frame_noise_correlation), card)
     return out

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 
@@ -35,19 +33,19 @@ def offline_kwargs() -> dict:
     return {"local_files_only": True}
 
 
-def save_folder_atomically(final: Path, write) -> None:
-    """Call `write(tmp_folder)`, then swap the finished folder into `final` (replacing an older one)."""
-    final = Path(final)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+def clip_image_processor_class():
+    """The CLIP preprocessor class: transformers 5 without torchvision has the PIL one (same config format)."""
     try:
-        write(tmp)
-        old = None
-        if final.exists():
-            old = final.with_name(f".{final.name}.old-{tmp.name[-8:]}")
-            final.rename(old)
-        tmp.rename(final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        from transformers import CLIPImageProcessorPil as processor
+    except ImportError:  # older transformers
+        from transformers import CLIPImageProcessor as processor
+    return processor
+
+
+def load_image_encoder(path, torch_dtype=None):
+    """A CLIPVisionModelWithProjection folder, offline (transformers calls the dtype argument `dtype`)."""
+    from transformers import CLIPVisionModelWithProjection
+
+    folder = require_dir(path, "CLIP image encoder folder")
+    return CLIPVisionModelWithProjection.from_pretrained(
+        folder, **offline_kwargs(), **({"dtype": torch_dtype} if torch_dtype is not None else {}))

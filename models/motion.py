@@ -37,24 +37,40 @@ def use_per_frame_norm(unet: nn.Module) -> int:
 
 
 def to_motion_unet(unet: UNet2DConditionModel, adapter: MotionAdapter) -> UNetMotionModel:
-    """A `UNetMotionModel` with `unet`'s spatial weights and `adapter`'s motion modules (per-frame GroupNorm)."""
+    """A `UNetMotionModel` with `unet`'s spatial weights and `adapter`'s motion modules (per-frame GroupNorm).
+
+    The two source configs are kept on the result (`source_configs`), so it can be split back into the model
+    folder's `denoising_unet/` + `motion_adapter/` (the motion UNet's own config does not hold everything the 2-D
+    UNet's does).
+    """
     motion_unet = UNetMotionModel.from_unet2d(unet, adapter)
     if motion_unet.dtype != unet.dtype or motion_unet.device != unet.device:
         motion_unet.to(dtype=unet.dtype, device=unet.device)
     use_per_frame_norm(motion_unet)
+    motion_unet.marionet_source_configs = {"unet": dict(unet.config), "motion_adapter": dict(adapter.config)}
     return motion_unet
+
+
+def source_configs(motion_unet: UNetMotionModel) -> dict:
+    """{"unet": 2-D UNet config, "motion_adapter": MotionAdapter config} of a motion UNet built by `to_motion_unet`."""
+    configs = getattr(motion_unet, "marionet_source_configs", None)
+    if configs is None:
+        raise ValueError("this UNetMotionModel was not built by marionet.models.to_motion_unet, so its 2-D UNet and "
+                         "MotionAdapter configs are unknown: pass the 2-D UNet and the MotionAdapter instead")
+    return configs
 
 
 def is_motion_parameter(name: str) -> bool:
     return "motion_modules" in name
 
 
-def split_motion_unet(motion_unet: UNetMotionModel, unet_config: dict, adapter_config: dict):
+def split_motion_unet(motion_unet: UNetMotionModel):
     """Split a motion UNet into a `UNet2DConditionModel` (spatial weights) and a `MotionAdapter` (temporal)."""
+    configs = source_configs(motion_unet)
     state = motion_unet.state_dict()
-    unet = UNet2DConditionModel.from_config(unet_config)
+    unet = UNet2DConditionModel.from_config(configs["unet"])
     unet.load_state_dict({k: v for k, v in state.items() if not is_motion_parameter(k)}, strict=True)
-    adapter = MotionAdapter.from_config(adapter_config)
+    adapter = MotionAdapter.from_config(configs["motion_adapter"])
     adapter.load_state_dict({k: v for k, v in state.items() if is_motion_parameter(k)}, strict=True)
     if motion_unet.dtype != unet.dtype:
         unet, adapter = unet.to(motion_unet.dtype), adapter.to(motion_unet.dtype)

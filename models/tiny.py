@@ -11,11 +11,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditionModel
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-try:  # transformers 5 without torchvision: the PIL processor, same config format
-    from transformers import CLIPImageProcessorPil as CLIPImageProcessor
-except ImportError:  # pragma: no cover - older transformers
-    from transformers import CLIPImageProcessor
-
+from .loading import clip_image_processor_class
 from .pose_guider import PoseGuider
 
 TINY_WIDTH = 32  # UNet first-block width == cross-attention (CLIP projection) width for the tiny set
@@ -82,7 +78,7 @@ def build_tiny_components(seed: int = 0, with_motion: bool = False, unet_channel
                                                                         norm_num_groups=groups))),
         "vae": seeded(lambda: AutoencoderKL(**tiny_vae_config(vae_channels, norm_num_groups=norm_num_groups))),
         "image_encoder": seeded(lambda: CLIPVisionModelWithProjection(tiny_clip_config(clip_image_size, width))),
-        "feature_extractor": CLIPImageProcessor(
+        "feature_extractor": clip_image_processor_class()(
             size={"shortest_edge": clip_image_size}, crop_size={"height": clip_image_size, "width": clip_image_size}),
         "scheduler": training_scheduler(),
         "pose_guider": seeded(lambda: PoseGuider(block_out_channels=tuple(pose_guider_channels),
@@ -114,8 +110,6 @@ def write_tiny_model(out_dir, with_motion: bool = False, seed: int = 0, **sizes)
     from .export import export_model_folder
 
     parts = build_tiny_components(seed=seed, with_motion=with_motion, **sizes)
-    unet = parts.pop("unet")
-    reference = UNet2DConditionModel.from_config(unet.config)
-    reference.load_state_dict(unet.state_dict())
-    animator = Animator(reference, unet, parts.pop("pose_guider"), parts.pop("motion_adapter", None))
-    return export_model_folder(out_dir, animator, **parts)
+    animator = Animator.from_base_unet(parts.pop("unet"), parts.pop("pose_guider"), parts.pop("motion_adapter", None))
+    return export_model_folder(out_dir, animator, card={"produced_by": "marionet tiny-model (random weights)",
+                                                        "seed": seed}, **parts)

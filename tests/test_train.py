@@ -32,13 +32,10 @@ def tiny_config(root: Path, stage: int = 1, **overrides):
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     """A tiny base folder and a small synthetic data set, made by the same code the tiny configs run."""
-    from marionet.train import stage1
-    from marionet.train.core import prepare_synthetic_data
+    from marionet.train.tiny import prepare_tiny_assets
 
     root = tmp_path_factory.mktemp("train")
-    cfg = tiny_config(root)
-    stage1.prepare_assets(cfg)
-    prepare_synthetic_data(cfg)
+    prepare_tiny_assets(tiny_config(root))
     return root
 
 
@@ -159,6 +156,7 @@ def test_resumed_run_repeats_the_uninterrupted_losses(assets):
     assert [p.name for p in list_checkpoints(whole.output_dir)] == ["checkpoint-3", "checkpoint-6"]
     assert (whole.model_dir / "model_index.json").is_file()
     assert {p.name for p in whole.validation_media} == {"step-000003.png", "step-000006.png"}
+    assert [v.step for v in whole.validation] == [3, 6] and 0 < whole.validation[-1].figures["ssim"] <= 1
     scheduler = json.loads((whole.model_dir / "scheduler/scheduler_config.json").read_text())
     assert scheduler["prediction_type"] == "epsilon" and scheduler["beta_schedule"] == "scaled_linear"
     Animator.from_pretrained(whole.model_dir)
@@ -247,7 +245,7 @@ def test_stage2_trains_motion_modules_only_and_exports_a_loadable_video_model(as
     before = Animator.from_pretrained(stage1_model)
     after = Animator.from_pretrained(result.model_dir)
     assert after.is_video_model
-    assert {p.suffix for p in result.validation_media} == {".mp4", ".gif"}
+    assert {p.suffix for p in result.validation_media} == {".mp4", ".gif", ".png"}
     for part in ("reference_unet", "pose_guider"):
         old, new = getattr(before, part).state_dict(), getattr(after, part).state_dict()
         assert old.keys() == new.keys() and all(torch.equal(old[k], new[k]) for k in old), part
@@ -278,3 +276,56 @@ def test_frame_noise_correlation_shares_part_of_the_noise_across_frames():
         a, b = noise[:, :, 0].flatten(), noise[:, :, 4].flatten()
         assert abs(torch.corrcoef(torch.stack([a, b]))[0, 1].item() - rho) < 0.05, rho
         assert abs(noise.std().item() - 1.0) < 0.05
+
+
+def test_validation_shows_what_the_exported_model_renders(assets):
+    """The final validation grid's result column equals the exported folder's pipeline output, bit for bit."""
+    import numpy as np
+    from PIL import Image
+
+    from marionet.inference.pipeline import render_video
+    from marionet.train.core import run
+
+    result = run(tiny_config(assets, output_dir=fresh_dir(assets, "validated"), **{"optim.max_train_steps": 2,
+                                                                                  "validation.num_samples": 2}))
+    grid = np.asarray(Image.open(result.output_dir / "validation" / "step-000002.png").convert("RGB"))
+    size = 32
+    assert grid.shape == (2 * size, 4 * size, 3)
+    card = (result.model_dir / "README.md").read_text()
+    assert "stage 1" in card and "validation.png" in card and "psnr" in card
+    assert (result.model_dir / "validation.png").is_file()
+    for row in range(2):
+        panels = [grid[row * size:(row + 1) * size, col * size:(col + 1) * size] for col in range(4)]
+        reference, pose, shown = panels[:3]
+        rendered = render_video(result.model_dir, reference, pose[None], num_inference_steps=2, guidance_scale=2.0,
+                                seed=0)  # the tiny config's validation guidance and seed
+        assert np.array_equal(rendered[0], shown), row
+
+
+def test_video_validation_draws_the_noise_the_exported_video_model_samples_from(tmp_path):
+    """A stage-2 model trained with correlated frame noise is validated with that noise, as its folder renders."""
+    import numpy as np
+
+    from marionet.inference.pipeline import PoseToVideoPipeline
+    from marionet.models import Animator, build_tiny_components, export_model_folder
+    from marionet.train.core import Frozen
+    from marionet.train.validation import render_items, validation_pipeline
+    from tests.conftest import randomize_
+
+    parts = build_tiny_components(seed=0, with_motion=True)
+    animator = Animator.from_base_unet(parts["unet"], parts["pose_guider"], parts["motion_adapter"])
+    randomize_(animator.denoising_unet, seed=1)  # motion modules start at zero: give them weights
+    frozen = Frozen(parts["vae"], parts["image_encoder"], parts["feature_extractor"], parts["scheduler"])
+    gen = torch.Generator().manual_seed(0)
+    items = [{"reference": torch.rand(3, 32, 32, generator=gen) * 2 - 1, "pose": torch.rand(4, 3, 32, 32, generator=gen)}]
+    for rho in (0.0, 0.8):
+        shown = render_items(validation_pipeline(animator, frozen, rho), items, 2, 2.0, seed=5)[0]
+        folder = export_model_folder(tmp_path / f"m{rho}", animator, parts["vae"], parts["image_encoder"],
+                                     parts["feature_extractor"], parts["scheduler"], frame_noise_correlation=rho)
+        pipe = PoseToVideoPipeline.from_pretrained(folder)
+        pipe.set_progress_bar_config(disable=True)
+        exported = render_items(pipe, items, 2, 2.0, seed=5)[0]
+        assert shown.shape == (4, 32, 32, 3) and np.array_equal(shown, exported), rho
+        if rho == 0.0:
+            independent = shown
+    assert not np.array_equal(independent, shown)  # the correlation changes the render: the check can fail

@@ -77,12 +77,14 @@ def test_two_process_ddp_gradient_equals_one_process_on_the_whole_batch(tmp_path
     ddp, one = torch.load(tmp_path / "ddp.pt"), torch.load(tmp_path / "one.pt")
     assert ddp.keys() == one.keys() and len(one) > 100
     assert any(name.startswith("reference_unet.") for name in one)  # the ReferenceNet learns through the bank
+    # The reduction order differs between one process and two (all-reduce), so gradients agree to float rounding,
+    # which matters for parameters whose true gradient is ~0 (a conv bias right before a one-channel-per-group
+    # GroupNorm): compare each tensor with a floor set by the whole gradient's size. A wrong averaging (a sum
+    # instead of a mean, a missing share) is off by O(1) everywhere.
+    scale = torch.cat([g.flatten() for g in one.values()]).norm()
     for name in one:
-        # Relative L2 error per tensor: the reduction order differs between one process and two (all-reduce), so
-        # single elements that nearly cancel can differ by more than any elementwise tolerance; a wrong averaging
-        # (a sum instead of a mean, a missing share) is off by O(1).
-        error = (ddp[name] - one[name]).norm() / one[name].norm().clamp(min=1e-12)
-        assert error < 1e-5, f"{name}: relative error {error:.2e}"
+        error = (ddp[name] - one[name]).norm()
+        assert error <= 1e-4 * one[name].norm() + 1e-6 * scale, f"{name}: error {error:.2e}, norm {one[name].norm():.2e}"
     total = torch.cat([g.flatten() for g in one.values()])
     assert total.abs().max() > 0
 

@@ -9,6 +9,7 @@ from diffusers.models.attention_processor import Attention
 
 from marionet.inference.zero_shot import (ZeroShotOptions, ZeroShotPoseTransferPipeline, layer_resolution_divisor,
                                  parse_swap_steps, render_zero_shot, select_swap_layers)
+from marionet.inference.sampling import PoseVideoPipelineOutput, sampling_scheduler
 from marionet.models import ReferenceAttnProcessor, ReferenceState
 
 SIZE = 64  # pixels: 8x8 latents with the tiny 8x VAE
@@ -195,13 +196,13 @@ def test_swap_off_with_guidance_reproduces_stock_controlnet_ip_adapter_pipeline(
     pipe = zero_shot_pipe(parts, ip_state)
     got = pipe(Image.fromarray(source), poses, num_inference_steps=3, guidance_scale=3.0,
                generator=torch.Generator().manual_seed(0), options=ZeroShotOptions(swap=False),
-               prompt_embeds=prompt, negative_prompt_embeds=negative, output_type="latent")
+               prompt_embeds=prompt, negative_prompt_embeds=negative, output_type="latent").frames[:, :, 0]
     assert got.shape == expected.shape
     assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
     # the same call with the swap on gives something else: the comparison can fail
     swapped = pipe(source, poses, num_inference_steps=3, guidance_scale=3.0,
                    generator=torch.Generator().manual_seed(0), prompt_embeds=prompt,
-                   negative_prompt_embeds=negative, output_type="latent")
+                   negative_prompt_embeds=negative, output_type="latent").frames[:, :, 0]
     assert not torch.allclose(swapped, expected, atol=1e-3)
 
 
@@ -212,7 +213,7 @@ def test_guidance_one_runs_one_source_and_one_target_pass_per_step(parts, ip_sta
     out = pipe(source, poses, num_inference_steps=4, generator=torch.Generator().manual_seed(0))
     assert [mode for mode, _, _ in recorder.calls] == ["write", "swap"] * 4
     assert recorder.calls[1][1].shape[0] == 2  # both frames in one target pass
-    assert out.shape == (2, SIZE, SIZE, 3) and out.dtype == np.uint8
+    assert isinstance(out, PoseVideoPipelineOutput) and out.frames.shape == (1, 2, SIZE, SIZE, 3)
     recorder.calls.clear()  # outside the step window: no source pass at all, plain attention
     pipe(source, poses[:1], num_inference_steps=4, generator=torch.Generator().manual_seed(0),
          options=ZeroShotOptions(swap_steps=(0.0, 0.5)))
@@ -227,11 +228,12 @@ def test_guidance_one_runs_one_source_and_one_target_pass_per_step(parts, ip_sta
 def test_source_noise_variants_feed_the_previous_prediction(parts, variant):
     pipe = zero_shot_pipe(parts)
     recorder = PassRecorder(pipe)
-    scheduler = pipe.scheduler
+    scheduler = sampling_scheduler(pipe.scheduler)  # the schedule the call samples with
+    scheduler.set_timesteps(3)
     source, poses = images()
     pipe(source, poses, num_inference_steps=3, generator=torch.Generator().manual_seed(0),
          options=ZeroShotOptions(source_noise=variant))
-    clean = pipe._encode_source(source, SIZE, SIZE)
+    clean = pipe.encode_source(source, SIZE, SIZE)
     sources = [c for c in recorder.calls if c[0] == "write"]
     targets = [c for c in recorder.calls if c[0] == "swap"]
     timesteps = scheduler.timesteps
@@ -328,7 +330,9 @@ def test_trained_backbone_with_swap_off_is_the_models_own_unconditional_path(tmp
     pipe = ZeroShotPoseTransferPipeline.from_model_folder(model_dir)
     pipe.set_progress_bar_config(disable=True)
     got = pipe(source, poses, num_inference_steps=2, generator=torch.Generator().manual_seed(0),
-               options=ZeroShotOptions(swap=False), output_type="latent")
+               options=ZeroShotOptions(swap=False), output_type="latent").frames  # (1, 4, F, h, w)
+    if not with_motion:
+        got = got[0].permute(1, 0, 2, 3)  # frames as independent rows, as the image backbone ran them
 
     scheduler = DDIMScheduler.from_pretrained(model_dir / "scheduler")
     scheduler.set_timesteps(2)
@@ -351,3 +355,35 @@ def test_trained_backbone_with_swap_off_is_the_models_own_unconditional_path(tmp
             latents = scheduler.step(out, t, latents).prev_sample
     assert got.shape == latents.shape
     assert torch.allclose(got, latents, atol=1e-5), (got - latents).abs().max()
+
+
+# --------------------------------------------------------------------------------------------------- shared core
+def test_sizes_follow_the_same_policy_as_animate(parts):
+    """Sizes that are not multiples of 8 are rounded down (as `animate` does), not rejected."""
+    pipe = zero_shot_pipe(parts)
+    source, poses = images(frames=2)
+    odd = np.ascontiguousarray(np.pad(poses, ((0, 0), (0, 5), (0, 3), (0, 0))))  # 69 x 67
+    out = pipe(source, odd, num_inference_steps=1, generator=torch.Generator().manual_seed(0)).frames
+    assert out.shape == (1, 2, 64, 64, 3)
+    out = pipe(source, poses, height=48, width=40, num_inference_steps=1,
+               generator=torch.Generator().manual_seed(0)).frames
+    assert out.shape == (1, 2, 48, 40, 3)
+
+
+def test_long_video_on_a_video_backbone_is_denoised_in_windows(tmp_path):
+    """More frames than the motion modules take: context windows (shared core), one callback per step."""
+    from marionet.models import write_tiny_model
+
+    pipe = ZeroShotPoseTransferPipeline.from_model_folder(write_tiny_model(tmp_path / "m", with_motion=True))
+    pipe.set_progress_bar_config(disable=True)
+    source, poses = images(frames=5)
+    seen, passes = [], PassRecorder(pipe)
+    out = pipe(source, poses, num_inference_steps=2, context_frames=3, context_overlap=1,
+               generator=torch.Generator().manual_seed(0),
+               callback_on_step_end=lambda p, i, t, kw: seen.append(i) or {}).frames
+    assert out.shape == (1, 5, SIZE, SIZE, 3) and seen == [0, 1]
+    targets = [c for c in passes.calls if c[0] == "swap"]
+    assert len(targets) == 2 * 2 and all(c[1].shape[2] == 3 for c in targets)  # 2 windows of 3 frames per step
+    two = pipe(source, poses[:2], num_videos_per_prompt=2, num_inference_steps=1, output_type="pt",
+               generator=[torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)]).frames
+    assert two.shape == (2, 2, 3, SIZE, SIZE) and not torch.allclose(two[0], two[1])

@@ -4,8 +4,8 @@
     python train/bench.py --config configs/tiny/stage1.yaml --arch tiny --resolution 64 --batch 2 --steps 10
 
 --arch sd15 builds the full SD1.5 architecture (UNet, VAE, CLIP ViT-L/14 image encoder, Pose Guider; with
---frames > 1 an AnimateDiff v2-sized MotionAdapter, and only motion modules train, as in stage 2) from configs
-written below, with random weights: nothing is downloaded. --arch tiny uses models.tiny. The first step is a
+--frames > 1 an AnimateDiff v2-sized MotionAdapter, and only motion modules train, as in stage 2) from
+marionet.models.sd15, with random weights: nothing is downloaded. --arch tiny uses models.tiny. The first step is a
 warm-up and is not timed. Peak memory is CUDA max-allocated on a GPU, else the process's peak RSS.
 """
 from __future__ import annotations
@@ -21,46 +21,24 @@ if __package__ in (None, ""):  # run as a file from a clone: import marionet fro
 
 import torch  # noqa: E402
 
-SD15_UNET = dict(
-    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32)
-SD15_VAE = dict(
-    in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
-    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32,
-    sample_size=512, scaling_factor=0.18215)
-CLIP_VIT_L14 = dict(hidden_size=1024, intermediate_size=4096, num_attention_heads=16, num_hidden_layers=24,
-                    patch_size=14, image_size=224, projection_dim=768)
-MM_SD_V15_V2 = dict(block_out_channels=(320, 640, 1280, 1280), motion_layers_per_block=2,
-                    motion_num_attention_heads=8, motion_norm_num_groups=32, motion_max_seq_length=32,
-                    use_motion_mid_block=True)
-
 
 def build(arch: str, video: bool):
-    from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+    """(Animator, VAE, image encoder, scheduler, CLIP input size) with random weights; stage 2 trains motion only."""
+    from marionet.models import Animator, build_tiny_components
+    from marionet.models.sd15 import CLIP_VISION_CONFIG, build_sd15_components
 
-    from marionet.models import Animator, PoseGuider, build_tiny_components, training_scheduler
-
-    torch.manual_seed(0)
     if arch == "tiny":
         parts = build_tiny_components(seed=0, with_motion=video)
-        unet, vae, encoder = parts["unet"], parts["vae"], parts["image_encoder"]
-        guider, adapter, clip_size = parts["pose_guider"], parts.get("motion_adapter"), 32
+        animator = Animator.from_base_unet(parts["unet"], parts["pose_guider"], parts.get("motion_adapter"))
+        clip_size = 32
     else:
-        unet = UNet2DConditionModel(**SD15_UNET)
-        vae = AutoencoderKL(**SD15_VAE)
-        encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**CLIP_VIT_L14))
-        guider = PoseGuider(block_out_channels=(16, 32, 96, 256), conditioning_embedding_channels=320)
-        adapter = MotionAdapter(**MM_SD_V15_V2) if video else None
-        clip_size = 224
-    reference = UNet2DConditionModel.from_config(unet.config)
-    reference.load_state_dict(unet.state_dict())
-    animator = Animator(reference, unet, guider, adapter)
+        parts = build_sd15_components(video=video)
+        animator = Animator(parts["reference_unet"], parts["denoising_unet"], parts["pose_guider"],
+                            parts.get("motion_adapter"))
+        clip_size = CLIP_VISION_CONFIG["image_size"]
     if video:
         animator.freeze_except_motion()
-    return animator, vae, encoder, training_scheduler(), clip_size
+    return animator, parts["vae"], parts["image_encoder"], parts["scheduler"], clip_size
 
 
 def main(argv=None) -> int:

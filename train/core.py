@@ -1,12 +1,12 @@
 """The one training loop behind stage 1 and stage 2: noise, loss, optimisation, checkpoints, logging, validation.
 
-A stage is a module (train/stage1.py, train/stage2.py) with three functions:
+A stage is a module (train/stage1.py, train/stage2.py) with two functions:
 
-    prepare_assets(cfg)   create what a tiny config generates when missing (tiny base folder); may do nothing
     load_frozen(cfg)      -> Frozen: VAE, CLIP image encoder, its preprocessor, the training scheduler
     build_animator(cfg)   -> Animator with exactly the parameters that stage trains left trainable
 
-Everything else is shared and lives here, in the order a run goes through it (`run`). Randomness is a pure function
+Everything else is shared and lives here: `setup` (parts, data, optimiser, resume), `train_step` (one micro-batch),
+`run` (the loop with logging, checkpoints, validation and the export). Randomness is a pure function
 of (seed, process, step): noise comes from a generator reseeded every micro-step and the data order from
 `EpochSampler`, so a resumed run repeats the uninterrupted one exactly without saving any RNG state.
 """
@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..atomic import publish_folder, write_json
 from .config import ConfigError, TrainConfig, as_flat_dict
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
@@ -52,7 +53,11 @@ class TrainResult:
     losses: dict = field(default_factory=dict)  # global step -> loss (mean over processes and micro-batches)
     skipped_samples: int = 0
     nonfinite_steps: int = 0
-    validation_media: list = field(default_factory=list)
+    validation: list = field(default_factory=list)  # train.validation.ValidationResult per validation
+
+    @property
+    def validation_media(self) -> list[Path]:
+        return [path for outcome in self.validation for path in outcome.files]
 
 
 # ------------------------------------------------------------------------------------------------ noise and loss
@@ -266,12 +271,10 @@ def save_checkpoint(accelerator, output_dir: Path, state: dict, keep: int | None
         shutil.rmtree(partial)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(partial))
-    _write_json(partial / f"training_state_{accelerator.process_index}.json", state)
+    write_json(partial / f"training_state_{accelerator.process_index}.json", state)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(partial, final)
+        publish_folder(partial, final)
         if keep is not None:
             for old in list_checkpoints(output_dir)[:-keep]:
                 shutil.rmtree(old, ignore_errors=True)
@@ -307,15 +310,9 @@ def prepare_output_dir(cfg: TrainConfig, output_dir: Path, resuming: bool, accel
     accelerator.wait_for_everyone()
 
 
-def _write_json(path: Path, payload) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, path)
-
-
 # ------------------------------------------------------------------------------------------------ set-up
 
-def make_accelerator(cfg: TrainConfig, output_dir: Path):
+def make_accelerator(cfg: TrainConfig):
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
 
@@ -324,6 +321,7 @@ def make_accelerator(cfg: TrainConfig, output_dir: Path):
     # off, and DeepSpeed finds the CPU by itself.
     deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     log_with = {"none": None, "all": "all"}.get(cfg.report_to, cfg.report_to)
+    output_dir = Path(cfg.output_dir)
     return Accelerator(
         gradient_accumulation_steps=cfg.optim.gradient_accumulation_steps,
         mixed_precision=cfg.optim.mixed_precision if on_gpu else "no",  # CPU runs are fp32
@@ -362,63 +360,49 @@ def stage_module(stage: int):
     return importlib.import_module(f".stage{stage}", __package__)
 
 
-def prepare_synthetic_data(cfg: TrainConfig) -> None:
-    """Tiny configs: generate the synthetic data set at data.meta's folder when it is missing."""
-    if cfg.data.synthetic_videos > 0 and cfg.data.meta and not Path(cfg.data.meta).exists():
-        from ..data.synth import ensure_synthetic_dataset
-
-        meta = Path(cfg.data.meta)
-        if meta.name != "meta.json":
-            raise ConfigError(f"data.meta must end in meta.json to generate synthetic data there, got {meta}")
-        ensure_synthetic_dataset(meta.parent, videos=cfg.data.synthetic_videos, frames=cfg.data.synthetic_frames,
-                                 size=cfg.data.synthetic_size, seed=cfg.seed)
-
-
 # ------------------------------------------------------------------------------------------------ the run
 
-def run(cfg: TrainConfig, stage=None) -> TrainResult:
-    """Train one stage as `cfg` says; returns where the outputs went and the loss of every step.
+@dataclass
+class Session:
+    """Everything `setup` builds for the loop: the prepared model, optimiser, data and the run's counters."""
+    cfg: TrainConfig
+    stage: object
+    accelerator: object
+    output_dir: Path
+    frozen: Frozen
+    model: torch.nn.Module          # what accelerate prepared (DDP / DeepSpeed wrapper)
+    params: list                    # the trainable parameters
+    optimizer: object
+    lr_scheduler: object
+    ema: object
+    dataset: object
+    sampler: object
+    validation_items: list
+    state: dict                     # global_step, epoch, batch_in_epoch, skipped_samples, nonfinite_steps
+    log_path: Path
 
-    Works the same under `accelerate launch` (any number of processes, DeepSpeed) and from plain Python.
-    """
-    stage = stage or stage_module(cfg.stage)
-    output_dir = Path(cfg.output_dir)
-    accelerator = make_accelerator(cfg, output_dir)
-    try:
-        return _train(cfg, stage, accelerator, output_dir)
-    finally:
-        accelerator.end_training()
-        forget_accelerator()
 
-
-def _train(cfg: TrainConfig, stage, accelerator, output_dir: Path) -> TrainResult:
+def setup(cfg: TrainConfig, stage, accelerator, output_dir: Path) -> Session:
+    """Frozen parts, the trainable Animator, data, optimiser, LR schedule and EMA, prepared and resumed."""
     from diffusers.optimization import get_scheduler
-    from tqdm.auto import tqdm
 
-    from .validation import render_validation
-
-    main = accelerator.is_main_process
+    main_process = accelerator.is_main_process
     device = accelerator.device
     resume_from = resolve_resume(cfg, output_dir)
     prepare_output_dir(cfg, output_dir, resume_from is not None, accelerator)
     if torch.cuda.is_available() and cfg.optim.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
 
-    # 1. Assets (tiny configs create theirs once, on the main process), frozen parts and the trainable Animator.
-    with accelerator.main_process_first():
-        if main:
-            stage.prepare_assets(cfg)
-            prepare_synthetic_data(cfg)
+    # 1. Frozen parts (half precision on GPU, never trained) and the Animator with what this stage trains.
     torch.manual_seed(cfg.seed)  # any freshly initialised weights (Pose Guider) are the same in every process
     frozen = stage.load_frozen(cfg)
     animator = stage.build_animator(cfg)
     half = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
-    for part in (frozen.vae, frozen.image_encoder):  # frozen: half precision on GPU, never trained
+    for part in (frozen.vae, frozen.image_encoder):
         part.requires_grad_(False).to(device, dtype=half).eval()
     if cfg.optim.gradient_checkpointing:
         animator.enable_gradient_checkpointing()
     params = [p for p in animator.parameters() if p.requires_grad]
-    trainable_count = sum(p.numel() for p in params)
 
     # 2. Data: a per-process sampler over the training videos; a few held-out pairs for validation.
     train_source, held_out = split_data(cfg)
@@ -428,7 +412,7 @@ def _train(cfg: TrainConfig, stage, accelerator, output_dir: Path) -> TrainResul
     sampler = None if shards else EpochSampler(len(dataset), cfg.optim.train_batch_size, cfg.seed,
                                                accelerator.process_index, accelerator.num_processes)
     validation_items = []
-    if main and held_out and cfg.validation.num_samples > 0:
+    if main_process and held_out and cfg.validation.num_samples > 0:
         frames = cfg.validation.frames if cfg.stage == 2 else None
         validation_set = make_dataset(cfg, held_out, frozen.feature_extractor, n_frames=frames)
         validation_items = [item for item in (validation_set[i] for i in range(len(validation_set)))
@@ -464,55 +448,91 @@ def _train(cfg: TrainConfig, stage, accelerator, output_dir: Path) -> TrainResul
         accelerator.print(f"no checkpoint in {output_dir}: starting a new run")
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    if main and cfg.report_to != "none":
+    if main_process and cfg.report_to != "none":
         accelerator.init_trackers(cfg.tracker_project, config=as_flat_dict(cfg))
-    accelerator.print(f"stage {cfg.stage}: {trainable_count / 1e6:.2f} M trainable parameters, "
+    accelerator.print(f"stage {cfg.stage}: {sum(p.numel() for p in params) / 1e6:.2f} M trainable parameters, "
                       f"{accelerator.num_processes} process(es), batch {cfg.optim.train_batch_size} x "
                       f"{cfg.optim.gradient_accumulation_steps} accumulation, {cfg.optim.max_train_steps} steps")
+    return Session(cfg, stage, accelerator, output_dir, frozen, model, params, optimizer, lr_scheduler, ema, dataset,
+                   sampler, validation_items, state, output_dir / "train_log.jsonl")
 
-    # 5. The loop. One iteration = one micro-batch; an optimiser step every gradient_accumulation_steps.
-    result = TrainResult(output_dir=output_dir, model_dir=None)
+
+def train_step(s: Session, batch: dict, micro_step: int, window_clean: bool) -> float | None:
+    """One micro-batch: encode -> noise -> loss -> backward -> (at the accumulation boundary) clip and step.
+
+    Returns the loss, or None if it was not finite on some process. All processes then agree to skip it (DDP would
+    otherwise wait forever for the skipper's gradients), and the accumulation window it belongs to makes no update
+    and does not advance the LR schedule (`window_clean` says whether the window's earlier micro-batches were fine).
+    """
+    cfg, accelerator = s.cfg, s.accelerator
+    with accelerator.accumulate(s.model):
+        generator = step_generator(cfg.seed, accelerator.process_index, s.state["global_step"], micro_step)
+        inputs = encode_batch(batch, s.frozen, accelerator.device, generator)
+        noise, timesteps, dropped = sample_noise(inputs["latents"], s.frozen.scheduler, cfg.noise, generator)
+        loss, _ = diffusion_loss(s.model, inputs, noise, timesteps, dropped, s.frozen.scheduler, cfg.noise)
+        finite = bool(accelerator.reduce(torch.isfinite(loss.detach()).float(), "sum") == accelerator.num_processes)
+        if finite:
+            accelerator.backward(loss)
+        if finite and window_clean:
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(s.params, cfg.optim.max_grad_norm)
+                s.optimizer.step()
+            s.lr_scheduler.step()
+        s.optimizer.zero_grad(set_to_none=True)
+    return loss.detach().item() if finite else None
+
+
+def run(cfg: TrainConfig, stage=None, accelerator=None) -> TrainResult:
+    """Train one stage as `cfg` says; returns where the outputs went and the loss of every step.
+
+    Works the same under `accelerate launch` (any number of processes, DeepSpeed) and from plain Python.
+    Data and weights must exist: for the tiny configs, `train.tiny.prepare_tiny_assets(cfg)` creates them
+    (the training scripts and `marionet train` call it first).
+    """
+    stage = stage or stage_module(cfg.stage)
+    output_dir = Path(cfg.output_dir)
+    accelerator = accelerator or make_accelerator(cfg)
+    try:
+        return _loop(setup(cfg, stage, accelerator, output_dir))
+    finally:
+        accelerator.end_training()
+        forget_accelerator()
+
+
+def _loop(s: Session) -> TrainResult:
+    """Micro-batches until max_train_steps (or stop_at_step): steps, logging, checkpoints, validation, export."""
+    from tqdm.auto import tqdm
+
+    from .validation import render_validation
+
+    cfg, accelerator, state = s.cfg, s.accelerator, s.state
+    main_process, device = accelerator.is_main_process, accelerator.device
+    result = TrainResult(output_dir=s.output_dir, model_dir=None)
     stop_at = min(cfg.optim.max_train_steps, cfg.stop_at_step or cfg.optim.max_train_steps)
-    progress = tqdm(total=cfg.optim.max_train_steps, initial=state["global_step"], disable=not main,
+    progress = tqdm(total=cfg.optim.max_train_steps, initial=state["global_step"], disable=not main_process,
                     desc=f"stage {cfg.stage}", unit="step", dynamic_ncols=True)
-    stream = batch_stream(cfg, dataset, sampler, accelerator, state["epoch"], state["batch_in_epoch"])
+    stream = batch_stream(cfg, s.dataset, s.sampler, accelerator, state["epoch"], state["batch_in_epoch"])
     window_loss, micro_step, bad_window, consecutive_bad = 0.0, 0, False, 0
-    log_path = output_dir / "train_log.jsonl"
-    model.train()
+    s.model.train()
     while state["global_step"] < stop_at:
         epoch, batch_in_epoch, batch = next(stream)
         state["epoch"], state["batch_in_epoch"] = epoch, batch_in_epoch
         # Bad files: the dataset returned None for them; a batch is used only if every process has one.
-        size = cfg.optim.train_batch_size
-        skipped = size if batch is None else int(batch["num_skipped"])
+        skipped = cfg.optim.train_batch_size if batch is None else int(batch["num_skipped"])
         counts = accelerator.reduce(torch.tensor([skipped, float(batch is None)], device=device), "sum")
         state["skipped_samples"] += int(counts[0])
         if counts[1] > 0:
             continue
-
-        with accelerator.accumulate(model):
-            generator = step_generator(cfg.seed, accelerator.process_index, state["global_step"], micro_step)
-            inputs = encode_batch(batch, frozen, device, generator)
-            noise, timesteps, dropped = sample_noise(inputs["latents"], frozen.scheduler, cfg.noise, generator)
-            loss, _ = diffusion_loss(model, inputs, noise, timesteps, dropped, frozen.scheduler, cfg.noise)
-            # All processes must agree to skip, or DDP would wait forever for the skipper's gradients.
-            finite = accelerator.reduce(torch.isfinite(loss.detach()).float(), "sum") == accelerator.num_processes
-            if finite:
-                accelerator.backward(loss)
-                window_loss += loss.detach().item()
-            else:
-                bad_window = True
-            micro_step += 1
-            if accelerator.sync_gradients and not bad_window:
-                accelerator.clip_grad_norm_(params, cfg.optim.max_grad_norm)
-                optimizer.step()
-            if not bad_window:  # a skipped (non-finite) update does not advance the schedule
-                lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+        loss = train_step(s, batch, micro_step, window_clean=not bad_window)
+        micro_step += 1
+        if loss is None:
+            bad_window = True
+        else:
+            window_loss += loss
         if not accelerator.sync_gradients:
             continue
 
-        # One optimiser step done (or skipped for a non-finite loss).
+        # One optimiser step done (or skipped for a non-finite loss): count, log, checkpoint, validate.
         state["global_step"] += 1
         step = state["global_step"]
         progress.update(1)
@@ -521,70 +541,108 @@ def _train(cfg: TrainConfig, stage, accelerator, output_dir: Path) -> TrainResul
             consecutive_bad += 1
             accelerator.log({"nonfinite_steps": state["nonfinite_steps"]}, step=step)
             if consecutive_bad >= cfg.checkpoint.max_consecutive_nonfinite:
-                last = list_checkpoints(output_dir)
+                last = list_checkpoints(s.output_dir)
                 raise TrainingDiverged(
                     f"{consecutive_bad} non-finite losses in a row at step {step}: stopping. Last good checkpoint: "
                     f"{last[-1] if last else 'none'} (lower optim.learning_rate, or use bf16 instead of fp16)")
         else:
             consecutive_bad = 0
-            if ema is not None:
-                ema.step(params)
+            if s.ema is not None:
+                s.ema.step(s.params)
             mean_loss = accelerator.reduce(torch.tensor(window_loss / micro_step, device=device), "mean").item()
             result.losses[step] = mean_loss
-            logs = {"loss": mean_loss, "lr": lr_scheduler.get_last_lr()[0],
+            logs = {"loss": mean_loss, "lr": s.lr_scheduler.get_last_lr()[0],
                     "skipped_samples": state["skipped_samples"], "nonfinite_steps": state["nonfinite_steps"]}
             accelerator.log(logs, step=step)
             progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{logs['lr']:.1e}")
-            if main and (step % cfg.log_every == 0 or step == stop_at):
-                with open(log_path, "a") as log_file:
+            if main_process and (step % cfg.log_every == 0 or step == stop_at):
+                with open(s.log_path, "a") as log_file:
                     log_file.write(json.dumps({"step": step, **logs, "time": time.time()}) + "\n")
         window_loss, micro_step, bad_window = 0.0, 0, False
 
         if step % cfg.checkpoint.checkpointing_steps == 0 and consecutive_bad == 0:  # never mid-divergence
-            saved = save_checkpoint(accelerator, output_dir, state, cfg.checkpoint.checkpoints_total_limit)
+            saved = save_checkpoint(accelerator, s.output_dir, state, cfg.checkpoint.checkpoints_total_limit)
             accelerator.print(f"\nsaved {saved}")
         if cfg.validation.validation_steps and step % cfg.validation.validation_steps == 0 and step < stop_at:
-            if main and validation_items:
-                result.validation_media += render_validation(accelerator.unwrap_model(model), frozen,
-                                                             validation_items, cfg, step, accelerator)
+            if main_process and s.validation_items:
+                result.validation.append(render_validation(accelerator.unwrap_model(s.model), s.frozen,
+                                                           s.validation_items, cfg, step, accelerator))
             accelerator.wait_for_everyone()
     progress.close()
     result.skipped_samples, result.nonfinite_steps = state["skipped_samples"], state["nonfinite_steps"]
 
-    # 6. The end: final validation and the exported model folder (with the training scheduler), or an early stop.
+    # The end: final validation and the exported model folder (with the training scheduler), or an early stop.
     accelerator.wait_for_everyone()
     if state["global_step"] < cfg.optim.max_train_steps:
-        accelerator.print(f"stopped at step {state['global_step']} (stop_at_step); checkpoints in {output_dir}")
+        accelerator.print(f"stopped at step {state['global_step']} (stop_at_step); checkpoints in {s.output_dir}")
         return result
-    trained = accelerator.unwrap_model(model)
-    if ema is not None:
-        ema.copy_to(params)
-    result.model_dir = output_dir / "model"
-    if main:
-        if validation_items:
-            result.validation_media += render_validation(trained, frozen, validation_items, cfg,
-                                                         state["global_step"], accelerator)
-        export(cfg, stage, trained, result.model_dir)
+    trained = accelerator.unwrap_model(s.model)
+    if s.ema is not None:
+        s.ema.copy_to(s.params)
+    result.model_dir = s.output_dir / "model"
+    if main_process:
+        if s.validation_items:
+            result.validation.append(render_validation(trained, s.frozen, s.validation_items, cfg,
+                                                       state["global_step"], accelerator))
+        export(s, trained, result.model_dir, result.validation[-1] if result.validation else None)
     accelerator.wait_for_everyone()
-    if main:
-        print(f"checkpoints: {output_dir}/checkpoint-*   logs: {output_dir / 'logs'}   log: {log_path}")
-        if result.validation_media:
-            print(f"validation samples: {output_dir / 'validation'}")
+    if main_process:
+        print(f"checkpoints: {s.output_dir}/checkpoint-*   logs: {s.output_dir / 'logs'}   log: {s.log_path}")
+        if result.validation:
+            print(f"validation samples: {s.output_dir / 'validation'}")
         print(f"trained model folder: {result.model_dir}")
     return result
 
 
-def export(cfg: TrainConfig, stage, animator, model_dir: Path) -> Path:
-    """The model folder inference loads: Animator + VAE, image encoder, preprocessor and the training scheduler."""
+def export(s: Session, animator, model_dir: Path, validation=None) -> Path:
+    """The model folder inference loads: Animator + VAE, image encoder, preprocessor, the training scheduler, and a
+    model card saying what produced it (with the last validation's figures and image)."""
+    from omegaconf import OmegaConf
+
     from ..models.export import export_model_folder
 
-    fresh = stage.load_frozen(cfg)  # full-precision copies from disk (the training copies may be fp16)
+    cfg = s.cfg
+    fresh = s.stage.load_frozen(cfg)  # full-precision copies from disk (the training copies may be fp16)
     animator = animator.to("cpu") if animator.device.type != "cpu" else animator
-    return export_model_folder(model_dir, animator, fresh.vae, fresh.image_encoder, fresh.feature_extractor,
-                               fresh.scheduler, frame_noise_correlation=cfg.noise.frame_noise_correlation)
+    card = {"produced_by": f"marionet training, stage {cfg.stage} (train/stage{cfg.stage}.py)",
+            "stage": cfg.stage, "base_model": cfg.model.base_model if cfg.stage == 1 else cfg.model.stage1_model,
+            "data": f"{len(s.dataset)} training samples ({cfg.data.shards or cfg.data.meta})"
+            if hasattr(s.dataset, "__len__") else str(cfg.data.shards or cfg.data.meta),
+            "steps": f"{cfg.optim.max_train_steps} x batch {cfg.optim.train_batch_size} x "
+                     f"{cfg.optim.gradient_accumulation_steps} accumulation x {s.accelerator.num_processes} "
+                     "process(es)",
+            "config": OmegaConf.to_yaml(OmegaConf.structured(cfg))}
+    if validation is not None:
+        card["validation"] = {f"{name} (mean over {len(s.validation_items)} pairs, step {validation.step})":
+                              f"{value:.4g}" for name, value in validation.figures.items()}
+        image = next((f for f in validation.files if f.suffix == ".png"), None)
+        if image is not None:
+            card["validation_image"] = "validation.png"
+    out = export_model_folder(model_dir, animator, fresh.vae, fresh.image_encoder, fresh.feature_extractor,
+                              fresh.scheduler, frame_noise_correlation=cfg.noise.frame_noise_correlation, card=card)
+    if validation is not None and card.get("validation_image"):
+        shutil.copyfile(image, out / "validation.png")
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ scripts
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """What the training scripts and `marionet train` run: the tiny configs' assets (tiny base folder, synthetic
+    data; created once, by the main process, when missing), then `run`."""
+    from .tiny import prepare_tiny_assets
+
+    accelerator = make_accelerator(cfg)
+    try:
+        with accelerator.main_process_first():
+            if accelerator.is_main_process:
+                prepare_tiny_assets(cfg)
+    except BaseException:
+        accelerator.end_training()
+        forget_accelerator()
+        raise
+    return run(cfg, accelerator=accelerator)
+
 
 def main(stage: int, argv=None) -> int:
     """`python train/stageN.py --config FILE [key=value ...]`, also under `accelerate launch`."""
@@ -606,7 +664,7 @@ def main(stage: int, argv=None) -> int:
         cfg = load_config(args.config, args.overrides)
         if cfg.stage != stage:
             raise ConfigError(f"{args.config} is a stage-{cfg.stage} config; run train/stage{cfg.stage}.py")
-        run(cfg)
+        train(cfg)
     except (ConfigError, MissingWeightsError, OutputExists, FileNotFoundError) as error:
         print(f"stage{stage}: error: {error}", file=sys.stderr)
         return 2
@@ -616,5 +674,6 @@ def main(stage: int, argv=None) -> int:
     return 0
 
 
-__all__ = ["Frozen", "TrainResult", "TrainingDiverged", "OutputExists", "run", "main", "make_training_scheduler",
+__all__ = ["Frozen", "TrainResult", "TrainingDiverged", "OutputExists", "run", "train", "main", "setup", "train_step",
+           "make_training_scheduler",
            "encode_batch", "sample_noise", "diffusion_loss", "min_snr_weights", "EpochSampler", "list_checkpoints"]

@@ -5,51 +5,19 @@
 Both UNets start from the base (SD1.5-family) UNet; the Pose Guider from a ControlNet-openpose folder when
 model.controlnet is set, else from its own initialisation (zero output conv either way, so training starts from the
 base UNet's behaviour). The loop itself is train/core.py, shared with stage 2.
+
+This file is also run as a script, so it imports the package by its absolute name.
 """
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a file from a clone: import marionet from this checkout
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from marionet.train.core import Frozen, main, make_training_scheduler  # noqa: E402
-
-
-def prepare_assets(cfg) -> None:
-    """Tiny configs: write a tiny SD1.5-layout base folder (with a tiny MotionAdapter for stage 2) when missing."""
-    if not cfg.tiny.enabled:
-        return
-    base = Path(cfg.model.base_model)
-    spec = {"seed": cfg.tiny.seed, "unet_channels": list(cfg.tiny.unet_channels),
-            "vae_channels": list(cfg.tiny.vae_channels), "layers_per_block": cfg.tiny.layers_per_block,
-            "clip_image_size": cfg.tiny.clip_image_size}
-    marker = base / "tiny.json"
-    if marker.is_file() and json.loads(marker.read_text()) == spec:
-        return
-    if base.exists() and not marker.is_file():
-        raise FileExistsError(f"{base} exists but is not a tiny base folder (no tiny.json): refusing to replace it")
-    from marionet.models.tiny import build_tiny_components, save_base_folder
-
-    parts = build_tiny_components(seed=spec["seed"], with_motion=True, unet_channels=tuple(spec["unet_channels"]),
-                                  vae_channels=tuple(spec["vae_channels"]),
-                                  layers_per_block=spec["layers_per_block"], clip_image_size=spec["clip_image_size"])
-    parts.pop("pose_guider")  # a base folder holds what SD1.5-family folders hold; stage 1 builds the guider
-    base.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{base.name}.tmp-", dir=base.parent))
-    save_base_folder(parts, tmp)
-    (tmp / "tiny.json").write_text(json.dumps(spec))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700 folders
-    if base.exists():
-        shutil.rmtree(base)  # an older tiny folder of ours with other sizes
-    tmp.rename(base)
 
 
 def load_frozen(cfg) -> Frozen:
@@ -64,10 +32,9 @@ def load_frozen(cfg) -> Frozen:
 
 def load_frozen_parts(cfg, default_dir: Path, scheduler_dir: Path, what: str) -> Frozen:
     from diffusers import AutoencoderKL
-    from transformers import CLIPVisionModelWithProjection
 
-    from marionet.models.loading import offline_kwargs, require_dir
-    from marionet.models.tiny import CLIPImageProcessor, training_scheduler
+    from marionet.models.loading import clip_image_processor_class, load_image_encoder, offline_kwargs, require_dir
+    from marionet.models.tiny import training_scheduler
 
     vae_dir = require_dir(cfg.model.vae or default_dir / "vae", f"VAE ({'model.vae' if cfg.model.vae else what})")
     encoder_dir = require_dir(cfg.model.image_encoder or default_dir / "image_encoder",
@@ -79,8 +46,8 @@ def load_frozen_parts(cfg, default_dir: Path, scheduler_dir: Path, what: str) ->
     base_schedule = json.loads(config_file.read_text()) if config_file.is_file() else training_scheduler().config
     return Frozen(
         vae=AutoencoderKL.from_pretrained(vae_dir, **offline_kwargs()),
-        image_encoder=CLIPVisionModelWithProjection.from_pretrained(encoder_dir, **offline_kwargs()),
-        feature_extractor=CLIPImageProcessor.from_pretrained(extractor_dir, **offline_kwargs()),
+        image_encoder=load_image_encoder(encoder_dir),
+        feature_extractor=clip_image_processor_class().from_pretrained(extractor_dir, **offline_kwargs()),
         scheduler=make_training_scheduler(base_schedule, cfg.noise),
     )
 
@@ -106,8 +73,6 @@ def build_animator(cfg):
         raise MissingWeightsError(f"image encoder {encoder_dir} gives {projection}-d embeddings but the base UNet's "
                                   f"cross-attention takes {unet.config.cross_attention_dim}-d: use a matching pair "
                                   "(e.g. sd-image-variations' unet/ and image_encoder/)")
-    reference = UNet2DConditionModel.from_config(unet.config)
-    reference.load_state_dict(unet.state_dict())
     width = unet.config.block_out_channels[0]
     if cfg.model.controlnet:
         from marionet.models.convert.base import load_pose_guider_init
@@ -116,7 +81,7 @@ def build_animator(cfg):
     else:
         guider = PoseGuider(block_out_channels=tuple(cfg.model.pose_guider_channels),
                             conditioning_embedding_channels=width)
-    return Animator(reference, unet, guider)
+    return Animator.from_base_unet(unet, guider)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@
 Everything stage 1 learned (ReferenceNet, the denoising UNet's spatial weights, Pose Guider) stays frozen and is
 exported unchanged. The motion module comes from a diffusers MotionAdapter folder or an original AnimateDiff
 checkpoint (e.g. mm_sd_v15_v2.ckpt, converted by models/convert/motion_module.py). The loop is train/core.py.
+
+This file is also run as a script, so it imports the package by its absolute name.
 """
 from __future__ import annotations
 
@@ -19,23 +21,16 @@ from marionet.train.core import Frozen, main  # noqa: E402
 from marionet.train.stage1 import load_frozen_parts  # noqa: E402
 
 
-def prepare_assets(cfg) -> None:
-    """Tiny configs: the tiny base folder (it holds the tiny MotionAdapter); the stage-1 model must exist."""
-    from marionet.models.loading import MissingWeightsError
-    from marionet.train.stage1 import prepare_assets as prepare_stage1_assets
-
-    if cfg.tiny.enabled and cfg.model.base_model:
-        prepare_stage1_assets(cfg)
-    if not (Path(cfg.model.stage1_model) / "model_index.json").is_file():
-        raise MissingWeightsError(f"model.stage1_model: {cfg.model.stage1_model} is not an exported stage-1 model "
-                                  "folder (no model_index.json); train stage 1 first")
-
-
 def load_frozen(cfg) -> Frozen:
     """VAE, CLIP and preprocessor saved with the stage-1 model; its scheduler with this config's noise settings."""
     import json
 
+    from marionet.models.loading import MissingWeightsError
+
     stage1 = Path(cfg.model.stage1_model)
+    if not (stage1 / "model_index.json").is_file():
+        raise MissingWeightsError(f"model.stage1_model: {stage1} is not an exported stage-1 model folder (no "
+                                  "model_index.json); train stage 1 first")
     frozen = load_frozen_parts(cfg, default_dir=stage1, scheduler_dir=stage1 / "scheduler", what="model.stage1_model")
     saved = json.loads((stage1 / "scheduler" / "scheduler_config.json").read_text())
     if saved.get("prediction_type") != frozen.scheduler.config.prediction_type or \
@@ -48,24 +43,13 @@ def load_frozen(cfg) -> Frozen:
 
 def load_motion_adapter(path):
     """A MotionAdapter from a diffusers folder, or from an original-format checkpoint through the converter."""
-    from diffusers import MotionAdapter
+    from marionet.models.convert.motion_module import load_motion_adapter as load
+    from marionet.models.loading import MissingWeightsError
 
-    from marionet.models.loading import MissingWeightsError, offline_kwargs, require_dir
-
-    path = Path(path)
-    try:
-        from marionet.models.convert.motion_module import load_motion_adapter as convert_and_load
-    except ImportError:
-        convert_and_load = None
-    if convert_and_load is not None:
-        if not path.exists():
-            raise MissingWeightsError(f"model.motion_module: not found: {path}")
-        adapter, _ = convert_and_load(path)
-        return adapter
-    if not path.is_dir():
-        raise MissingWeightsError(f"model.motion_module: {path} is not a MotionAdapter folder (this install has no "
-                                  "models.convert.motion_module to convert original .ckpt files)")
-    return MotionAdapter.from_pretrained(require_dir(path, "model.motion_module"), **offline_kwargs())
+    if not Path(path).exists():
+        raise MissingWeightsError(f"model.motion_module: not found: {path}")
+    adapter, _ = load(path)
+    return adapter
 
 
 def build_animator(cfg):

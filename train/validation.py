@@ -1,106 +1,96 @@
-"""Validation during training: sample held-out reference/pose pairs with the model being trained and log them.
+"""Validation during training: render held-out reference/pose pairs with the model being trained, score them against
+the ground truth, write and log them.
 
-A small DDIM loop of our own over the Animator's parts (encode_reference once, encode_pose once, denoise per step)
-with the training scheduler, and classifier-free guidance over the reference exactly as inference does it:
-the unconditional rows take the `drop_reference` path that reference dropout trained.
+Rendering goes through `PoseToVideoPipeline.from_animator` on the live weights, the pipeline the exported model
+folder is used with, with the training scheduler and frame-noise correlation: what validation shows is what the
+exported model produces for the same seed and steps (a test checks this).
 
 Stage 1 writes an image grid (reference | pose | result | ground truth, one row per pair); stage 2 an mp4 and a GIF
-with the same four panels per frame. Both go to output_dir/validation/ and to the trackers (TensorBoard by default).
+with the same four panels per frame. Both go to output_dir/validation/ and to the trackers (TensorBoard by default),
+together with the mean PSNR / SSIM of the results against the ground truth (`validation/psnr`, `validation/ssim`).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-
-@torch.no_grad()
-def sample(animator, frozen, reference: torch.Tensor, clip_image: torch.Tensor, pose: torch.Tensor,
-           num_inference_steps: int, guidance_scale: float, generator: torch.Generator) -> torch.Tensor:
-    """Pixels in [-1, 1]: (B, 3, H, W) for (B, 3, H, W) poses, (B, 3, F, H, W) for (B, 3, F, H, W) poses."""
-    from diffusers import DDIMScheduler
-
-    from .core import vae_encode
-
-    vae, device = frozen.vae, animator.device
-    scheduler = DDIMScheduler.from_config(frozen.scheduler.config)
-    scheduler.set_timesteps(num_inference_steps, device=device)
-    ref_latents = vae_encode(vae, reference.to(device, vae.dtype), None, sample=False).float()
-    embeds = frozen.image_encoder(clip_image.to(device, frozen.image_encoder.dtype)).image_embeds.unsqueeze(1)
-    embeds = embeds.float()
-    batch = reference.shape[0]
-    animator.encode_reference(ref_latents, embeds)
-    pose_features = animator.encode_pose(pose.to(device))
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    shape = (batch, 4) + tuple(pose.shape[2:-2]) + (pose.shape[-2] // factor, pose.shape[-1] // factor)
-    latents = torch.randn(shape, generator=generator).to(device) * scheduler.init_noise_sigma
-
-    guided = guidance_scale > 1.0
-    dropped = None
-    if guided:  # one batch of [unconditional ; conditional] rows; the bank and pose features tiled to match
-        animator.reference_state.repeat_bank(2)
-        pose_features = torch.cat([pose_features, pose_features])
-        embeds = torch.cat([embeds, embeds])
-        dropped = torch.arange(2 * batch, device=device) < batch
-    for t in scheduler.timesteps:
-        model_input = torch.cat([latents, latents]) if guided else latents
-        prediction = animator.denoise(model_input, t, embeds, pose_features, dropped).float()
-        if guided:
-            unconditional, conditional = prediction.chunk(2)
-            prediction = unconditional + guidance_scale * (conditional - unconditional)
-        latents = scheduler.step(prediction, t, latents).prev_sample
-    animator.reference_state.clear()
-
-    video = latents.ndim == 5
-    flat = latents.permute(0, 2, 1, 3, 4).flatten(0, 1) if video else latents
-    pixels = torch.cat([vae.decode((chunk / vae.config.scaling_factor).to(vae.dtype)).sample
-                        for chunk in flat.split(8)]).float()
-    if video:
-        pixels = pixels.unflatten(0, (batch, -1)).permute(0, 2, 1, 3, 4)
-    return pixels.clamp(-1, 1).cpu()
+from ..atomic import atomic_path
+from ..inference.metrics import SSIM_WINDOW, psnr, ssim
+from ..inference.pipeline import PoseToVideoPipeline
+from ..inference.sampling import to_uint8
 
 
-def to_uint8(images: torch.Tensor, signed: bool) -> np.ndarray:
-    """(..., 3, H, W) float -> (..., H, W, 3) uint8."""
+@dataclass
+class ValidationResult:
+    step: int
+    files: list = field(default_factory=list)
+    figures: dict = field(default_factory=dict)  # {"psnr": dB, "ssim": ...}, means over the pairs
+
+
+def to_uint8_panel(images: torch.Tensor, signed: bool) -> np.ndarray:
+    """(..., 3, H, W) float ([-1, 1] if signed, else [0, 1]) -> (..., H, W, 3) uint8."""
     images = (images + 1) / 2 if signed else images
-    return (images.clamp(0, 1) * 255).round().to(torch.uint8).movedim(-3, -1).numpy()
+    return to_uint8(images.clamp(0, 1).movedim(-3, -1))
 
 
-def render_validation(animator, frozen, items: list, cfg, step: int, accelerator) -> list[Path]:
-    """Sample every held-out item, write the media under output_dir/validation/ and log them; returns the files."""
-    from ..data.atomic import atomic_path
+def validation_pipeline(animator, frozen, frame_noise_correlation: float) -> PoseToVideoPipeline:
+    pipe = PoseToVideoPipeline.from_animator(animator, frozen.vae, frozen.image_encoder, frozen.feature_extractor,
+                                             frozen.scheduler, frame_noise_correlation=frame_noise_correlation)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
+
+def render_items(pipe: PoseToVideoPipeline, items: list, num_inference_steps: int, guidance_scale: float,
+                 seed: int) -> list[np.ndarray]:
+    """uint8 (F, H, W, 3) results, one per held-out item (its reference crop and its poses), each from `seed`."""
+    results = []
+    for item in items:
+        reference = to_uint8_panel(item["reference"], signed=True)
+        poses = to_uint8_panel(item["pose"] if item["pose"].ndim == 4 else item["pose"][None], signed=False)
+        frames = pipe(reference, poses, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                      generator=torch.Generator().manual_seed(seed), output_type="np").frames[0]
+        results.append(to_uint8(frames))
+    return results
+
+
+def render_validation(animator, frozen, items: list, cfg, step: int, accelerator) -> ValidationResult:
+    """Render every held-out item, score it, write the media under output_dir/validation/ and log everything."""
     out_dir = Path(cfg.output_dir) / "validation"
     out_dir.mkdir(parents=True, exist_ok=True)
-    generator = torch.Generator().manual_seed(cfg.seed)  # the same starting noise at every validation
     was_training = animator.training
     animator.eval()
-    rows = []
-    with accelerator.autocast():
-        for item in items:
-            pose = item["pose"][None]
-            if pose.ndim == 5:  # (1, F, 3, H, W) -> (1, 3, F, H, W)
-                pose = pose.permute(0, 2, 1, 3, 4)
-            result = sample(animator, frozen, item["reference"][None], item["clip_image"][None], pose,
-                            cfg.validation.num_inference_steps, cfg.validation.guidance_scale, generator)[0]
-            if result.ndim == 4:  # (3, F, H, W) -> (F, 3, H, W)
-                result = result.permute(1, 0, 2, 3)
-            reference = item["reference"].expand_as(item["target"])
-            panels = [to_uint8(reference, True), to_uint8(item["pose"], False), to_uint8(result, True),
-                      to_uint8(item["target"], True)]
-            rows.append(np.concatenate(panels, axis=-2))  # side by side along the width
-    animator.train(was_training)
+    try:
+        with accelerator.autocast():
+            pipe = validation_pipeline(animator, frozen, cfg.noise.frame_noise_correlation)
+            results = render_items(pipe, items, cfg.validation.num_inference_steps,
+                                   cfg.validation.guidance_scale, cfg.seed)
+    finally:
+        animator.train(was_training)
 
-    written = []
-    if rows[0].ndim == 3:  # stage 1: one grid image
-        grid = np.concatenate(rows, axis=0)
+    rows, scores = [], {"psnr": [], "ssim": []}
+    for item, result in zip(items, results):
+        target = item["target"] if item["target"].ndim == 4 else item["target"][None]
+        truth = to_uint8_panel(target, signed=True)
+        poses = to_uint8_panel(item["pose"] if item["pose"].ndim == 4 else item["pose"][None], signed=False)
+        reference = np.broadcast_to(to_uint8_panel(item["reference"], signed=True), truth.shape)
+        scores["psnr"].append(psnr(result, truth))
+        if min(truth.shape[1:3]) >= SSIM_WINDOW:
+            scores["ssim"].append(ssim(result, truth))
+        rows.append(np.concatenate([reference, poses, result, truth], axis=-2))  # side by side along the width
+    outcome = ValidationResult(step, figures={k: float(np.mean(v)) for k, v in scores.items() if v})
+    accelerator.log({f"validation/{name}": value for name, value in outcome.figures.items()}, step=step)
+
+    if len(rows[0]) == 1:  # stage 1: one grid image
+        grid = np.concatenate([row[0] for row in rows], axis=0)
         path = out_dir / f"step-{step:06d}.png"
         from PIL import Image
 
         with atomic_path(path) as tmp:
             Image.fromarray(grid).save(tmp, format="PNG")
-        written.append(path)
+        outcome.files.append(path)
         log_image(accelerator, "validation", grid, step)
     else:  # stage 2: the pairs stacked vertically, frame by frame
         from ..data.video import write_gif, write_video
@@ -110,10 +100,16 @@ def render_validation(animator, frozen, items: list, cfg, step: int, accelerator
         for suffix, writer in ((".mp4", write_video), (".gif", write_gif)):
             path = out_dir / f"step-{step:06d}{suffix}"
             writer(path, list(frames), fps, overwrite=True)
-            written.append(path)
+            outcome.files.append(path)
+        first = out_dir / f"step-{step:06d}.png"
+        from PIL import Image
+
+        with atomic_path(first) as tmp:
+            Image.fromarray(frames[0]).save(tmp, format="PNG")
+        outcome.files.append(first)
         log_image(accelerator, "validation_first_frame", frames[0], step)
         log_video(accelerator, "validation", frames, step, fps)
-    return written
+    return outcome
 
 
 def log_image(accelerator, tag: str, image: np.ndarray, step: int) -> None:

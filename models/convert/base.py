@@ -30,7 +30,8 @@ def load_base_components(base, vae=None, image_encoder=None, feature_extractor=N
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPVisionModelWithProjection
 
-    from ..tiny import CLIPImageProcessor, training_scheduler
+    from ..loading import clip_image_processor_class
+    from ..tiny import training_scheduler
 
     kwargs = dict(offline_kwargs(), **({"torch_dtype": torch_dtype} if torch_dtype else {}))
     base = Path(base)
@@ -77,10 +78,10 @@ def load_base_components(base, vae=None, image_encoder=None, feature_extractor=N
     if feature_extractor is not None and extractor_dir != Path(feature_extractor):
         missing.append(f"feature extractor: {feature_extractor} (not a folder)")
     elif extractor_dir is not None:
-        parts["feature_extractor"] = CLIPImageProcessor.from_pretrained(extractor_dir, **offline_kwargs())
+        parts["feature_extractor"] = clip_image_processor_class().from_pretrained(extractor_dir, **offline_kwargs())
     elif need_image_encoder:
         # CLIP's standard preprocessing (224 px, CLIP mean/std): what Moore-AnimateAnyone's pipeline uses too.
-        parts["feature_extractor"] = CLIPImageProcessor()
+        parts["feature_extractor"] = clip_image_processor_class()()
     if missing:
         raise MissingWeightsError("missing base weights: " + "; ".join(missing))
     return parts

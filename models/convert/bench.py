@@ -1,4 +1,4 @@
-"""Converter timings and memory: `python -m models.convert.bench motion --size sd15` writes a random
+"""Converter timings and memory: `python -m marionet.models.convert.bench motion --size sd15` writes a random
 mm_sd_v15_v2-shaped checkpoint (original AnimateDiff naming) to a temporary folder, then times reading, converting
 and writing the MotionAdapter folder, and prints the process's peak memory. `--size tiny` is a quick smoke run."""
 from __future__ import annotations
@@ -11,7 +11,10 @@ from pathlib import Path
 
 import torch
 
-SIZES = {"sd15": ((320, 640, 1280, 1280), 2, 32), "tiny": ((32, 64), 1, 24)}
+from ..sd15 import MOTION_ADAPTER_CONFIG
+
+SIZES = {"sd15": (MOTION_ADAPTER_CONFIG["block_out_channels"], MOTION_ADAPTER_CONFIG["motion_layers_per_block"],
+                  MOTION_ADAPTER_CONFIG["motion_max_seq_length"]), "tiny": ((32, 64), 1, 24)}
 
 
 def original_motion_state(channels, layers: int, max_len: int, dtype: torch.dtype) -> dict:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from ..loading import require_file, save_folder_atomically
+from ...atomic import atomic_folder
+from ..loading import require_file
 
 WRAPPER_KEYS = ("state_dict", "module", "model")
 
@@ -100,6 +101,6 @@ def prepare_output(out, overwrite: bool) -> Path:
 
 def write_folder_atomically(out, write, overwrite: bool = False) -> Path:
     """`write(tmp)` fills a temporary folder beside `out`, which is renamed to `out` only when complete."""
-    out = prepare_output(out, overwrite)
-    save_folder_atomically(out, write)
-    return out
+    with atomic_folder(out, overwrite=overwrite) as tmp:
+        write(tmp)
+    return Path(out)

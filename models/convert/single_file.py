@@ -12,24 +12,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..sd15 import UNET_CONFIG as SD15_UNET_CONFIG
+from ..sd15 import VAE_CONFIG as SD15_VAE_CONFIG
 from .common import ConversionError, empty_model, load_exact, read_state_dict
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIXES = ("first_stage_model.", "vae.")
 TEXT_PREFIXES = ("cond_stage_model.", "conditioner.")
-
-SD15_UNET_CONFIG = dict(
-    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32, flip_sin_to_cos=True, freq_shift=0,
-)
-SD15_VAE_CONFIG = dict(
-    in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
-    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32,
-    sample_size=512, scaling_factor=0.18215,
-)
-
 
 def _local_config(config_dir, sub: str, default: dict) -> dict:
     if config_dir is None:
