@@ -1,4 +1,4 @@
-"""Video and image IO shared by the whole project: decord for reading, imageio-ffmpeg (H.264) for writing.
+"""Video and image IO shared by the whole project: decord (where installed) or PyAV for reading, PyAV for writing.
 
 Readers accept a path, raw bytes or a binary file object (shards hand us mp4 bytes) and raise errors that name the file.
 Writers are atomic (marionet.atomic: a temp file in the same folder, moved into place) and refuse to replace an existing file unless told to.
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+from fractions import Fraction
 from pathlib import Path
 from typing import Iterable
 
@@ -35,7 +36,8 @@ class Frames(np.ndarray):
 
 
 class VideoReader:
-    """Random access to a video's frames: decord, with a PyAV fallback for the frame sizes decord mis-decodes.
+    """Random access to a video's frames: decord, with a PyAV fallback for the frame sizes decord mis-decodes and
+    for machines without decord.
 
     decord 0.6 returns padded, 4-channel garbage for some widths (48 px, for example) and then fails in get_batch;
     such videos are detected on the first read and decoded with PyAV from then on (sequentially: slower, but correct).
@@ -109,10 +111,35 @@ class VideoReader:
         return np.stack([found[i] for i in indices])
 
 
+class _AVIndex:
+    """Frame count and frame rate of a video from PyAV, for machines without decord (its wheels are x86-64 only);
+    `VideoReader` then decodes every batch with PyAV."""
+
+    def __init__(self, source, label: str):
+        import av
+
+        try:
+            with av.open(io.BytesIO(source) if isinstance(source, bytes) else str(source)) as container:
+                if not container.streams.video:
+                    raise VideoError(f"{label}: no video stream")
+                stream = container.streams.video[0]
+                rate = stream.average_rate or stream.guessed_rate
+                self.fps = float(rate) if rate else 0.0
+                self.count = sum(1 for packet in container.demux(stream) if packet.size > 0)
+        except VideoError:
+            raise
+        except Exception as error:  # noqa: BLE001 - PyAV raises many kinds; all mean "not a readable video"
+            raise VideoError(f"{label}: cannot be read as a video ({str(error).splitlines()[0][:160]})") from None
+
+    def __len__(self) -> int:
+        return self.count
+
+    def get_avg_fps(self) -> float:
+        return self.fps
+
+
 def open_video(source, name: str | None = None) -> VideoReader:
     """A VideoReader (decord-like) for a path, bytes or binary file object, with errors that name the file."""
-    import decord
-
     label = _describe(source, name)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
@@ -129,12 +156,20 @@ def open_video(source, name: str | None = None) -> VideoReader:
             raise VideoError(f"{label}: empty data, not a video")
         target = io.BytesIO(data)
     try:
-        reader = decord.VideoReader(target, ctx=decord.cpu(0), num_threads=1)
-    except Exception as error:  # decord raises DECORDError/RuntimeError with C++ noise in the message
-        raise VideoError(f"{label}: cannot be read as a video ({str(error).splitlines()[0][:160]})") from None
+        import decord
+    except ImportError:  # optional (no wheels off x86-64): PyAV reads everything, sequentially
+        decord = None
+    if decord is None:
+        reader = VideoReader(_AVIndex(data, label), data, label)
+        reader._use_av = True
+    else:
+        try:
+            reader = VideoReader(decord.VideoReader(target, ctx=decord.cpu(0), num_threads=1), data, label)
+        except Exception as error:  # decord raises DECORDError/RuntimeError with C++ noise in the message
+            raise VideoError(f"{label}: cannot be read as a video ({str(error).splitlines()[0][:160]})") from None
     if len(reader) == 0:
         raise VideoError(f"{label}: video has zero frames")
-    return VideoReader(reader, data, label)
+    return reader
 
 
 def read_video(source, indices=None, name: str | None = None) -> np.ndarray:
@@ -165,43 +200,45 @@ def write_video(path, frames: Iterable[np.ndarray], fps: float, crf: int = 18, o
                 keyframe_interval: int | None = None, preset: str = "medium") -> Path:
     """Write uint8 (H, W, 3) frames (an array or any iterable, streamed) as an H.264 yuv420p mp4, atomically.
 
-    Keyframes come every `keyframe_interval` frames (default: 2 s of video): training reads random frames, and
-    decoding one costs up to a whole keyframe interval, so this is ~3x faster to sample than x264's default of 250
-    for ~25% more bytes.
+    Encoded by PyAV's bundled FFmpeg (libx264), so no separate ffmpeg binary is needed. Keyframes come every
+    `keyframe_interval` frames (default: 2 s of video): training reads random frames, and decoding one costs up to a
+    whole keyframe interval, so this is ~3x faster to sample than x264's default of 250 for ~25% more bytes.
 
     `preset` is x264's speed/size trade-off ("veryfast" encodes several times faster, for larger files).
     yuv420p needs even sizes: an odd width or height is padded by repeating the last column/row, so the file is
     one pixel larger on that side. Refuses to replace an existing file unless overwrite=True. Returns the path.
     """
-    import imageio_ffmpeg
+    import av
 
     path = Path(path)
+    rate = Fraction(float(fps)).limit_denominator(1001)
     gop = keyframe_interval or max(1, round(2 * float(fps)))
     with atomic_path(path, overwrite) as temp:
-        writer, size, count = None, None, 0
+        container, stream, size, count = av.open(temp, mode="w", format="mp4"), None, None, 0
         try:
             for frame in frames:
                 frame = _as_frame(frame, str(path))
                 pad_h, pad_w = frame.shape[0] % 2, frame.shape[1] % 2
                 if pad_h or pad_w:
                     frame = np.pad(frame, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-                if writer is None:
+                if stream is None:
                     size = (frame.shape[1], frame.shape[0])
-                    writer = imageio_ffmpeg.write_frames(
-                        temp, size, fps=float(fps), codec="libx264", pix_fmt_in="rgb24", pix_fmt_out="yuv420p",
-                        macro_block_size=1, ffmpeg_log_level="error",
-                        output_params=["-crf", str(int(crf)), "-g", str(int(gop)), "-preset", preset])
-                    writer.send(None)
+                    stream = container.add_stream("libx264", rate=rate)
+                    stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+                    stream.codec_context.gop_size = int(gop)
+                    stream.options = {"crf": str(int(crf)), "preset": preset}
                 elif (frame.shape[1], frame.shape[0]) != size:
                     raise ValueError(f"{path}: frame {count} has size {frame.shape[1]}x{frame.shape[0]}, "
                                      f"expected {size[0]}x{size[1]}")
-                writer.send(np.ascontiguousarray(frame).tobytes())
+                picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+                picture.pts = count
+                container.mux(stream.encode(picture))
                 count += 1
-            if writer is None:
+            if stream is None:
                 raise ValueError(f"{path}: no frames to write")
+            container.mux(stream.encode())  # flush the encoder
         finally:
-            if writer is not None:
-                writer.close()
+            container.close()
     return path
 
 

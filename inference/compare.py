@@ -23,23 +23,7 @@ import numpy as np
 
 from ..atomic import atomic_folder
 from . import metrics as M
-
-SPEC_HELP = """\
-A method is NAME=SPEC. NAME labels it in the report (letters, digits, '-', '_', '.'). SPEC is KIND:KEY=VALUE,... or
-a bare model folder (short for trained:model=FOLDER). Kinds:
-  trained:model=DIR[,guidance=G]            a marionet model folder (stage 1 renders frame by frame, a folder with
-                                            motion_adapter/ renders the video with its temporal layers)
-  zero-shot:base=DIR,controlnet=DIR,ip_adapter=FILE,image_encoder=DIR[,guidance=G]
-                                            training-free baseline: SD1.5 folder + openpose ControlNet + IP-Adapter
-  zero-shot:model=DIR[,guidance=G]          the same cross-image-attention baseline on a trained marionet backbone
-      either zero-shot form also takes the method's switches (see `marionet zero-shot --help`):
-      temperature=T, layers=all|encoder|mid|decoder[:DIVISORS with ';' between divisors], source_noise=random|
-      previous-target|previous-source, swap_steps=START:END, swap=off
-  pose-only:model=DIR                       the trained model with the reference dropped (no reference tokens, zero
-                                            CLIP token): the lower bound showing how much appearance a method transfers
-Values cannot contain ',' or '='. Guidance defaults: trained 3.5, zero-shot 1.0 (off). Example:
-  --method ours=trained:model=runs/stage2/model --method zs=zero-shot:model=runs/stage1/model"""
-
+from .compare_cli import SPEC_HELP
 
 class CompareError(ValueError):
     """Bad input to a comparison (data, method spec, settings): the message names the file or the spec."""

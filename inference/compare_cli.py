@@ -10,10 +10,24 @@ methods get the same reference, poses, seed and step count. Writes REPORT_DIR/re
 grids/ and videos/ (side by side). LPIPS and FVD need local weight files (--lpips, --fvd); without them the report
 says they were not computed."""
 
+SPEC_HELP = """\
+A method is NAME=SPEC. NAME labels it in the report (letters, digits, '-', '_', '.'). SPEC is KIND:KEY=VALUE,... or
+a bare model folder (short for trained:model=FOLDER). Kinds:
+  trained:model=DIR[,guidance=G]            a marionet model folder (stage 1 renders frame by frame, a folder with
+                                            motion_adapter/ renders the video with its temporal layers)
+  zero-shot:base=DIR,controlnet=DIR,ip_adapter=FILE,image_encoder=DIR[,guidance=G]
+                                            training-free baseline: SD1.5 folder + openpose ControlNet + IP-Adapter
+  zero-shot:model=DIR[,guidance=G]          the same cross-image-attention baseline on a trained marionet backbone
+      either zero-shot form also takes the method's switches (see `marionet zero-shot --help`):
+      temperature=T, layers=all|encoder|mid|decoder[:DIVISORS with ';' between divisors], source_noise=random|
+      previous-target|previous-source, swap_steps=START:END, swap=off
+  pose-only:model=DIR                       the trained model with the reference dropped (no reference tokens, zero
+                                            CLIP token): the lower bound showing how much appearance a method transfers
+Values cannot contain ',' or '='. Guidance defaults: trained 3.5, zero-shot 1.0 (off). Example:
+  --method ours=trained:model=runs/stage2/model --method zs=zero-shot:model=runs/stage1/model"""
+
 
 def register(subparsers) -> None:
-    from .compare import SPEC_HELP
-
     compare = subparsers.add_parser(
         "compare", help="score zero-shot, trained and other methods on held-out videos",
         description=COMPARE_DESCRIPTION, epilog=SPEC_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)

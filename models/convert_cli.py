@@ -103,6 +103,19 @@ def _progress(total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="step")
 
 
+def _command(args) -> str:
+    """The command line that produced a folder, for its model card."""
+    import shlex
+
+    words = ["marionet", "convert", args.convert_command]
+    for key, value in vars(args).items():
+        if key in ("func", "command", "convert_command") or value in (None, False):
+            continue
+        flag = "--" + key.replace("_", "-")
+        words += [flag] if value is True else [flag, str(value)]
+    return shlex.join(words)
+
+
 def _print_report(report: dict) -> None:
     for line in report.get("filled", []):
         print(f"  filled: {line}")
@@ -133,8 +146,12 @@ def run_moore(args) -> int:
             from .convert.moore_aa import release_scheduler
 
             scheduler = release_scheduler(args.schedule)
+            card = {"produced_by": f"`{_command(args)}`", "base_model": args.base,
+                    "source": ", ".join(report["files"]),
+                    "notes": f"Converted from Moore-AnimateAnyone's released weights. Scheduler: `{args.schedule}` "
+                             "(see the README's conversion section for what each schedule reproduces)."}
             write_folder_atomically(args.out, lambda tmp: export_model_folder(
-                tmp, animator, base["vae"], base["image_encoder"], base["feature_extractor"], scheduler),
+                tmp, animator, base["vae"], base["image_encoder"], base["feature_extractor"], scheduler, card=card),
                 overwrite=args.overwrite)
             bar.update()
         return animator, report
@@ -147,6 +164,7 @@ def run_moore(args) -> int:
 
 
 def run_motion(args) -> int:
+    from .card import converted_folder_card
     from .convert.common import prepare_output, write_folder_atomically
     from .convert.motion_module import load_motion_adapter
 
@@ -156,8 +174,14 @@ def run_motion(args) -> int:
             adapter, info = load_motion_adapter(args.ckpt, args.motion_heads, args.motion_norm_groups,
                                                 args.max_frames, args.allow_pickle)
             bar.update()
-            write_folder_atomically(args.out, lambda tmp: adapter.save_pretrained(tmp, safe_serialization=True),
-                                    overwrite=args.overwrite)
+            def write(tmp):
+                adapter.save_pretrained(tmp, safe_serialization=True)
+                converted_folder_card(tmp, "AnimateDiff motion module (diffusers MotionAdapter)", args.ckpt,
+                                      _command(args), [("config", info["config"])],
+                                      notes="Load with marionet.models.convert.load_motion_adapter or as "
+                                            "model.motion_module in a stage-2 config; marionet runs it with "
+                                            "per-frame GroupNorm, as the original AnimateDiff code does.")
+            write_folder_atomically(args.out, write, overwrite=args.overwrite)
             bar.update()
         return info
 
@@ -169,6 +193,7 @@ def run_motion(args) -> int:
 
 
 def run_single_file(args) -> int:
+    from .card import converted_folder_card
     from .convert.common import prepare_output, write_folder_atomically
     from .convert.single_file import convert_single_file, write_diffusers_folder
 
@@ -177,7 +202,12 @@ def run_single_file(args) -> int:
         with _progress(2, "convert single-file") as bar:
             parts = convert_single_file(args.ckpt, config_dir=args.config, allow_pickle=args.allow_pickle)
             bar.update()
-            write_folder_atomically(args.out, lambda tmp: write_diffusers_folder(parts, tmp), args.overwrite)
+            def write(tmp):
+                write_diffusers_folder(parts, tmp)
+                converted_folder_card(tmp, "Stable Diffusion base (diffusers folder)", args.ckpt, _command(args),
+                                      [("parts", "unet/ vae/ scheduler/"),
+                                       ("ignored keys", f"{len(parts['ignored'])} (text encoder, schedule buffers)")])
+            write_folder_atomically(args.out, write, args.overwrite)
             bar.update()
         return parts
 
@@ -189,14 +219,20 @@ def run_single_file(args) -> int:
 
 
 def run_pose_guider(args) -> int:
+    from .card import converted_folder_card
     from .convert.base import load_pose_guider_init
     from .convert.common import prepare_output, write_folder_atomically
 
     def work():
         prepare_output(args.out, args.overwrite)
         guider = load_pose_guider_init(args.controlnet, args.channels, args.allow_pickle)
-        write_folder_atomically(args.out, lambda tmp: guider.save_pretrained(tmp, safe_serialization=True),
-                                args.overwrite)
+
+        def write(tmp):
+            guider.save_pretrained(tmp, safe_serialization=True)
+            converted_folder_card(tmp, "Pose Guider initial weights", args.controlnet, _command(args),
+                                  [("channels", tuple(guider.config.block_out_channels)),
+                                   ("output", f"{guider.config.conditioning_embedding_channels} (zero conv)")])
+        write_folder_atomically(args.out, write, args.overwrite)
         return guider
 
     guider = _guard(work)

@@ -81,6 +81,8 @@ def test_motion_module_cli_round_trip(motion_ckpt, tmp_path):
     assert main(["convert", "motion-module", "--ckpt", str(path), "--out", str(out),
                  "--motion-heads", str(HEADS)]) == 0
     assert (out / "config.json").is_file() and (out / "diffusion_pytorch_model.safetensors").is_file()
+    card = (out / "README.md").read_text()  # a model card naming the source and the command
+    assert str(path) in card and "marionet convert motion-module" in card and "library_name: marionet" in card
     direct, _ = load_motion_adapter(path, heads=HEADS)
     loaded, _ = load_motion_adapter(out)
     assert loaded.config.motion_num_attention_heads == HEADS

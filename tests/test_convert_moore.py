@@ -140,8 +140,10 @@ def test_cli_writes_a_model_folder_that_loads_to_the_same_numbers(release, tiny_
                  "--image-encoder", str(base / "image_encoder"), "--out", str(out),
                  "--motion-heads", str(HEADS)]) == 0
     for sub in ("reference_unet", "denoising_unet", "pose_guider", "motion_adapter", "vae", "image_encoder",
-                "feature_extractor", "scheduler", "model_index.json"):
+                "feature_extractor", "scheduler", "model_index.json", "README.md"):
         assert (out / sub).exists(), sub
+    card = (out / "README.md").read_text()
+    assert "marionet convert moore-aa" in card and "reference_unet.pth" in card and "v_prediction" in card
     loaded = Animator.from_pretrained(out).eval()
     direct, _ = convert_moore_release(root, dict(tiny_parts["unet"].config), heads=HEADS)
     ref_latents, embeds, latents, pose = _inputs(batch=1, frames=3, seed=2)

@@ -66,6 +66,7 @@ def test_single_file_cli_and_base_loading_round_trip(sd_file, tiny_parts, tmp_pa
     path, config, unet, vae = sd_file
     out = tmp_path / "sd"
     assert main(["convert", "single-file", "--ckpt", str(path), "--config", str(config), "--out", str(out)]) == 0
+    assert "marionet convert single-file" in (out / "README.md").read_text()
     encoder_root = save_base_folder({"image_encoder": tiny_parts["image_encoder"],
                                      "feature_extractor": tiny_parts["feature_extractor"]}, tmp_path / "variations")
     parts = load_base_components(out, image_encoder=encoder_root / "image_encoder")
@@ -130,6 +131,7 @@ def test_pose_guider_from_controlnet_folder(tiny_parts, tmp_path):
         torch.testing.assert_close(guider(pose), controlnet.controlnet_cond_embedding(pose), rtol=1e-6, atol=1e-6)
     out = tmp_path / "guider"
     assert main(["convert", "pose-guider", "--controlnet", str(tmp_path / "controlnet"), "--out", str(out)]) == 0
+    assert "Pose Guider initial weights" in (out / "README.md").read_text()
     assert PoseGuider.from_pretrained(out).conv_in.weight.equal(load_pose_guider_init(tmp_path / "controlnet")
                                                                  .conv_in.weight)
 

@@ -61,7 +61,8 @@ def test_registration_is_import_light():
     import subprocess
     import sys
 
-    code = ("import sys, argparse, data.cli; p = argparse.ArgumentParser(); data.cli.register(p.add_subparsers()); "
+    code = ("import sys, argparse, marionet.data.cli as cli; p = argparse.ArgumentParser(); "
+            "cli.register(p.add_subparsers()); "
             "print(sorted(m for m in ('torch', 'decord', 'numpy', 'transformers') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

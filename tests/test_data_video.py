@@ -59,12 +59,12 @@ def test_read_errors_name_the_file(tmp_path):
     empty.write_bytes(b"")
     with pytest.raises(VideoError, match="empty.mp4"):
         read_video(empty)
-    # A container that ffmpeg wrote without any frame (no video stream at all).
-    import imageio_ffmpeg
+    # A container that FFmpeg wrote without any frame (a video stream with nothing in it).
+    import av
     zero = tmp_path / "zero.mp4"
-    writer = imageio_ffmpeg.write_frames(str(zero), (16, 16), fps=5, ffmpeg_log_level="quiet")
-    writer.send(None)
-    writer.close()
+    with av.open(str(zero), mode="w") as container:
+        stream = container.add_stream("libx264", rate=5)
+        stream.width = stream.height = 16
     with pytest.raises(VideoError, match="zero.mp4"):
         read_video(zero)
     good = write_video(tmp_path / "good.mp4", ramp_frames(3), fps=5)
@@ -107,3 +107,22 @@ def test_load_image_errors(tmp_path):
     (tmp_path / "junk.png").write_bytes(b"\x89PNG garbage")
     with pytest.raises(ValueError, match="junk.png.*cannot be read"):
         load_image_rgb(tmp_path / "junk.png")
+
+
+def test_reading_without_decord_falls_back_to_pyav(tmp_path, monkeypatch):
+    """decord has no wheels off x86-64: without it every read goes through PyAV, with the same frames."""
+    import sys
+
+    from marionet.data.video import open_video
+
+    frames = ramp_frames(7)
+    path = write_video(tmp_path / "v.mp4", frames, fps=5)
+    with_decord = read_video(path, [6, 0, 3])
+    monkeypatch.setitem(sys.modules, "decord", None)  # `import decord` now fails
+    reader = open_video(path)
+    assert len(reader) == 7 and reader.get_avg_fps() == 5.0 and reader._use_av
+    assert np.array_equal(read_video(path, [6, 0, 3]), with_decord)
+    assert video_info(path) == (7, 5.0, frames.shape[2], frames.shape[1])
+    (tmp_path / "bad.mp4").write_text("not a video")
+    with pytest.raises(VideoError, match="bad.mp4.*cannot be read"):
+        read_video(tmp_path / "bad.mp4")
