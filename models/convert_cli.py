@@ -174,6 +174,7 @@ def run_motion(args) -> int:
             adapter, info = load_motion_adapter(args.ckpt, args.motion_heads, args.motion_norm_groups,
                                                 args.max_frames, args.allow_pickle)
             bar.update()
+
             def write(tmp):
                 adapter.save_pretrained(tmp, safe_serialization=True)
                 converted_folder_card(tmp, "AnimateDiff motion module (diffusers MotionAdapter)", args.ckpt,
@@ -202,6 +203,7 @@ def run_single_file(args) -> int:
         with _progress(2, "convert single-file") as bar:
             parts = convert_single_file(args.ckpt, config_dir=args.config, allow_pickle=args.allow_pickle)
             bar.update()
+
             def write(tmp):
                 write_diffusers_folder(parts, tmp)
                 converted_folder_card(tmp, "Stable Diffusion base (diffusers folder)", args.ckpt, _command(args),

@@ -23,17 +23,12 @@ def make_animator(parts, with_motion: bool = False, seed: int = 0):
     """A fresh Animator from the tiny set (both UNets start from the same base weights, as in stage 1)."""
     import copy
 
-    from diffusers import UNet2DConditionModel
-
     from marionet.models import Animator
 
-    unet = copy.deepcopy(parts["unet"])
-    reference = UNet2DConditionModel.from_config(unet.config)
-    reference.load_state_dict(unet.state_dict())
     guider = copy.deepcopy(parts["pose_guider"])
     adapter = copy.deepcopy(parts["motion_adapter"]) if with_motion else None
     torch.manual_seed(seed)
-    return Animator(reference, unet, guider, adapter)
+    return Animator.from_base_unet(copy.deepcopy(parts["unet"]), guider, adapter)
 
 
 @pytest.fixture
