@@ -1,7 +1,8 @@
 """Video and image IO shared by the whole project: decord (where installed) or PyAV for reading, PyAV for writing.
 
 Readers accept a path, raw bytes or a binary file object (shards hand us mp4 bytes) and raise errors that name the file.
-Writers are atomic (marionet.atomic: a temp file in the same folder, moved into place) and refuse to replace an existing file unless told to.
+Writers are atomic (marionet.atomic: a temp file in the same folder, moved into place) and refuse to replace an
+existing file unless told to.
 """
 from __future__ import annotations
 

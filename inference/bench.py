@@ -150,7 +150,8 @@ def main(argv=None) -> int:
         denoise = wall - t["reference_s"] - t["encode_s"] - t["decode_s"]
         print(f"[{label}] {wall:.2f} s wall ({wall / args.frames:.3f} s/frame), {cpu:.1f} s process CPU; "
               f"ReferenceNet {t['reference_s']:.2f} s ({t['reference_calls']} calls), denoising and the rest "
-              f"{denoise:.2f} s ({t['windows'] // args.steps} windows/step), VAE+CLIP {t['encode_s'] + t['decode_s']:.2f} s; "
+              f"{denoise:.2f} s ({t['windows'] // args.steps} windows/step), "
+              f"VAE+CLIP {t['encode_s'] + t['decode_s']:.2f} s; "
               f"peak {peak_memory(device)}")
     return 0
 

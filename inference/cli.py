@@ -73,6 +73,7 @@ def run_animate(args) -> int:
     import time
     from pathlib import Path
 
+    from ..atomic import OutputWriteError
     from ..errors import UserError
 
     _check_arguments(args, UserError)
@@ -152,7 +153,7 @@ def run_animate(args) -> int:
     comparison = side_by_side(reference, poses, frames) if args.side_by_side else None
     try:
         written = write_outputs(out, frames, fps, overwrite=args.overwrite, gif=args.gif, comparison=comparison)
-    except (FileExistsError, ValueError) as error:
+    except (FileExistsError, ValueError, OutputWriteError) as error:
         raise UserError(str(error)) from None
     if device == "cuda":
         peak = f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB GPU (allocated)"

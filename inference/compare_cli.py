@@ -74,8 +74,9 @@ def run_compare(args) -> int:
             raise UserError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
     if args.ref_frame < 0:
         raise UserError(f"--ref-frame must be >= 0, got {args.ref_frame}")
-    from .compare import CompareError, run_comparison
+    from ..atomic import OutputWriteError
     from ..models.loading import MissingWeightsError
+    from .compare import CompareError, run_comparison
 
     device = args.device
     if device is None:
@@ -87,7 +88,7 @@ def run_compare(args) -> int:
                                 size=args.size, steps=args.steps, seed=args.seed, ref_frame=args.ref_frame,
                                 lpips=args.lpips, fvd=args.fvd, device=device, overwrite=args.overwrite,
                                 grid_frames=args.grid_frames)
-    except (CompareError, MissingWeightsError, FileExistsError, FileNotFoundError) as error:
+    except (CompareError, MissingWeightsError, FileExistsError, FileNotFoundError, OutputWriteError) as error:
         raise UserError(str(error).splitlines()[0]) from None
     for name, entry in report["methods"].items():
         print(f"{name}: PSNR {entry['psnr']['mean']:.2f} dB, PSNR* {entry['psnr_star']['mean']:.2f}, "

@@ -181,9 +181,9 @@ class SamplingMixin:
         """Initial noise (B, C, F, h, w) float32 on the execution device, not yet scaled by the scheduler.
 
         Frames share a part of their noise: all of it for image models, `initial_noise_correlation` of its variance
-        for video models (their trained `frame_noise_correlation`). `latents` replaces the draw (checked for shape). With
-        `reroll_mask` ((H, W) or (F, H, W); > 0.5 re-rolls), noise under the mask (any latent cell touching it) is
-        re-drawn from `reroll_seed`, the rest kept.
+        for video models (their trained `frame_noise_correlation`). `latents` replaces the draw (checked for
+        shape). With `reroll_mask` ((H, W) or (F, H, W); > 0.5 re-rolls), noise under the mask (any latent cell
+        touching it) is re-drawn from `reroll_seed`, the rest kept.
         """
         device = self._execution_device
         channels = self.vae.config.latent_channels

@@ -215,7 +215,8 @@ class _SwapStep:
         # Target pass: every guidance row of every video in one batch; unconditional rows: no image prompt, no swap.
         model_input = sample.repeat(len(self.rows), 1, 1, 1, 1)
         context = torch.cat([c["negative"] if dropped else c["context"] for dropped, _ in self.rows])
-        ip = None if c["ip"] is None else torch.cat([c["uncond_ip"] if dropped else c["ip"] for dropped, _ in self.rows])
+        ip = None if c["ip"] is None else torch.cat([c["uncond_ip"] if dropped else c["ip"]
+                                                     for dropped, _ in self.rows])
         control = None if c["control"] is None else c["control"][frames].repeat(len(model_input), 1, 1, 1)
         pose = None if c["pose"] is None else c["pose"][frames].repeat(len(model_input), 1, 1, 1)
         out = pipe.run_unet(model_input, t, context, ip, control, pose, self.control_scale)

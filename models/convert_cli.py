@@ -87,13 +87,14 @@ def _common_flags(parser) -> None:
 
 def _guard(work):
     """Run `work()`, turning the converters' input errors into one-line user errors."""
+    from ..atomic import OutputWriteError
     from ..errors import UserError
     from .convert.common import ConversionError
     from .loading import MissingWeightsError
 
     try:
         return work()
-    except (ConversionError, MissingWeightsError, FileExistsError) as error:
+    except (ConversionError, MissingWeightsError, FileExistsError, OutputWriteError) as error:
         raise UserError(str(error)) from error
 
 

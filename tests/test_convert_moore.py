@@ -202,3 +202,41 @@ def test_bad_release_messages_name_the_file_and_key(release, tiny_parts, tmp_pat
     with pytest.raises(ConversionError, match=r"denoising_unet\.pth: 1 unexpected keys: down_blocks\.0\.attentions"
                                               r"\.0\.transformer_blocks\.0\.attn_temp\.to_q\.weight"):
         convert_moore_release(bad, dict(tiny_parts["unet"].config), heads=HEADS)
+
+
+# Every key of the DDIMScheduler config each of their scripts builds (Moore-AnimateAnyone at a914ef3): the keys they
+# set (configs/inference/inference_v2.yaml; configs/train/stage1.yaml + train_stage_1.py's enable_zero_snr update)
+# and DDIMScheduler's defaults for the keys they leave out.
+THEIR_DDIM_DEFAULTS = {"trained_betas": None, "set_alpha_to_one": True, "thresholding": False,
+                       "dynamic_thresholding_ratio": 0.995, "clip_sample_range": 1.0, "sample_max_value": 1.0}
+THEIR_DEMO_SCHEDULER = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+                        "beta_schedule": "linear", "clip_sample": False, "steps_offset": 1,
+                        "prediction_type": "v_prediction", "rescale_betas_zero_snr": True,
+                        "timestep_spacing": "trailing", **THEIR_DDIM_DEFAULTS}
+THEIR_TRAINING_SCHEDULER = {**THEIR_DEMO_SCHEDULER, "beta_schedule": "scaled_linear"}
+
+
+@pytest.mark.parametrize("schedule,expected", [("released-inference", THEIR_DEMO_SCHEDULER),
+                                               ("trained", THEIR_TRAINING_SCHEDULER)])
+def test_exported_scheduler_is_theirs_key_for_key(release, tiny_parts, tmp_path, schedule, expected):
+    import json
+
+    from marionet.cli import main
+    from marionet.models import save_base_folder
+
+    root, _ = release
+    base = save_base_folder({k: v for k, v in tiny_parts.items() if k not in ("pose_guider", "motion_adapter")},
+                            tmp_path / "base")
+    out = tmp_path / "model"
+    args = ["convert", "moore-aa", "--weights", str(root), "--base", str(base), "--out", str(out),
+            "--motion-heads", str(HEADS), "--no-motion"] + (["--schedule", schedule] if schedule != "trained" else [])
+    assert main(args) == 0
+    saved = json.loads((out / "scheduler" / "scheduler_config.json").read_text())
+    assert saved.pop("_class_name") == "DDIMScheduler"
+    saved.pop("_diffusers_version")
+    assert saved == expected
+    from marionet.inference.pipeline import PoseToVideoPipeline
+
+    scheduler = PoseToVideoPipeline.from_pretrained(out).scheduler
+    assert scheduler.final_alpha_cumprod == 1.0  # their last DDIM step lands on alpha 1
+    assert f"`{schedule}`" in (out / "README.md").read_text()

@@ -174,16 +174,15 @@ def test_resumed_run_repeats_the_uninterrupted_losses(assets):
 
 
 def test_half_written_checkpoint_is_never_resumed(assets):
-    from marionet.train.core import list_checkpoints, resolve_resume
+    from marionet.train.checkpoints import list_checkpoints, resolve_resume
 
     out = fresh_dir(assets, "crashed")
     (out / "checkpoint-4").mkdir(parents=True)  # e.g. a copy interrupted before its state file was written
     (out / ".checkpoint-6.partial").mkdir()
     (out / "checkpoint-2").mkdir()
-    (out / "checkpoint-2" / "training_state_0.json").write_text("{}")
+    (out / "checkpoint-2" / "training_state_0.json").write_text("{}")  # written before manifests: still used
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2"]
-    cfg = tiny_config(assets, output_dir=out, **{"checkpoint.resume_from_checkpoint": "latest"})
-    assert resolve_resume(cfg, out).name == "checkpoint-2"
+    assert resolve_resume("latest", out).name == "checkpoint-2"
 
 
 def test_bad_files_are_skipped_and_counted(assets):

@@ -102,3 +102,24 @@ def test_deepspeed_zero2_one_process_runs_tiny_stage1(tmp_path):
                      "checkpoint.checkpointing_steps=2", "validation.num_samples=0", "report_to=none"])
     assert (out / "checkpoint-2" / "pytorch_model").is_dir(), "not a DeepSpeed checkpoint: " + result.stdout[-2000:]
     assert (out / "model" / "model_index.json").is_file()
+
+
+@pytest.mark.slow
+def test_two_process_run_takes_the_lock_once_and_resumes_from_a_verified_checkpoint(tmp_path):
+    """One run launched as 2 processes (gloo): only the main process locks output_dir, both agree on the checkpoint
+    that resuming verified, and the run finishes and exports."""
+    from marionet.data.synth import generate_dataset
+    from marionet.train.checkpoints import verify_checkpoint
+
+    meta = generate_dataset(tmp_path / "data", 4, 16, 32, 0)
+    out = tmp_path / "run"
+    common = ["--multi_gpu", "--num_processes", "2", "train/stage1.py", "--config", "configs/tiny/stage1.yaml", f"output_dir={out}",
+              f"model.base_model={tmp_path / 'base'}", f"data.meta={meta}", "data.image_size=32", "data.min_gap=4",
+              "optim.train_batch_size=1", "optim.max_train_steps=3", "checkpoint.checkpointing_steps=2",
+              "validation.num_samples=0", "report_to=none"]
+    first = launch(common + ["stop_at_step=2"])
+    assert verify_checkpoint(out / "checkpoint-2") is None, first.stdout[-2000:]
+    assert {f"training_state_{rank}.json" for rank in (0, 1)} <= {p.name for p in (out / "checkpoint-2").iterdir()}
+    second = launch(common + ["checkpoint.resume_from_checkpoint=latest"])
+    assert "resumed from" in second.stdout + second.stderr
+    assert (out / "model" / "model_index.json").is_file()

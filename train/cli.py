@@ -14,7 +14,10 @@ def _train(args) -> int:
     from ..errors import UserError
     from ..models.loading import MissingWeightsError
     from .config import ConfigError, load_config
+    from ..atomic import OutputWriteError
+    from .checkpoints import CheckpointDamaged
     from .core import OutputExists, TrainingDiverged, train
+    from .lock import OutputLocked
 
     stage = int(args.stage[-1])
     try:
@@ -22,7 +25,8 @@ def _train(args) -> int:
         if cfg.stage != stage:
             raise ConfigError(f"{args.config} is a stage-{cfg.stage} config, not stage {stage}")
         train(cfg)
-    except (ConfigError, MissingWeightsError, OutputExists, FileNotFoundError, TrainingDiverged) as error:
+    except (ConfigError, MissingWeightsError, OutputExists, OutputLocked, CheckpointDamaged, FileNotFoundError,
+            TrainingDiverged, OutputWriteError) as error:
         raise UserError(str(error)) from None
     return 0
 

@@ -86,6 +86,7 @@ class CheckpointConfig:
     checkpointing_steps: int = 2000          # accelerator.save_state into output_dir/checkpoint-<step>
     checkpoints_total_limit: Optional[int] = 2  # keep the newest K checkpoints; null keeps all
     resume_from_checkpoint: Optional[str] = None  # null | latest | path to a checkpoint-<step> folder
+    checksum: bool = True                    # manifest.json records SHA-256s (else sizes only) for resume checks
     max_consecutive_nonfinite: int = 5       # stop after this many NaN/inf losses in a row
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -23,11 +22,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..atomic import publish_folder, write_json
+from ..atomic import OutputWriteError, atomic_folder
+from .checkpoints import CheckpointDamaged, list_checkpoints, resolve_resume, save_checkpoint
 from .config import ConfigError, TrainConfig, as_flat_dict
-
-CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
-
+from .lock import OutputLocked, lock_output_dir
 
 class TrainingDiverged(RuntimeError):
     """Too many non-finite losses in a row; the message names the last good checkpoint."""
@@ -250,50 +248,7 @@ def batch_stream(cfg: TrainConfig, dataset, sampler, accelerator, epoch: int, ba
         epoch, batch_in_epoch = epoch + 1, 0
 
 
-# ------------------------------------------------------------------------------------------------ checkpoints
-
-def list_checkpoints(output_dir) -> list[Path]:
-    """Complete checkpoints (renamed into place and holding their state file), oldest first."""
-    found = []
-    for path in Path(output_dir).glob("checkpoint-*"):
-        match = CHECKPOINT_PATTERN.match(path.name)
-        if match and path.is_dir() and (path / "training_state_0.json").is_file():
-            found.append((int(match.group(1)), path))
-    return [path for _, path in sorted(found)]
-
-
-def save_checkpoint(accelerator, output_dir: Path, state: dict, keep: int | None) -> Path:
-    """save_state into a hidden partial folder, then rename it: a crash mid-write leaves nothing that looks done."""
-    step = state["global_step"]
-    final = output_dir / f"checkpoint-{step}"
-    partial = output_dir / f".checkpoint-{step}.partial"
-    if accelerator.is_main_process and partial.exists():
-        shutil.rmtree(partial)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(partial))
-    write_json(partial / f"training_state_{accelerator.process_index}.json", state)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        publish_folder(partial, final)
-        if keep is not None:
-            for old in list_checkpoints(output_dir)[:-keep]:
-                shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return final
-
-
-def resolve_resume(cfg: TrainConfig, output_dir: Path) -> Path | None:
-    wanted = cfg.checkpoint.resume_from_checkpoint
-    if not wanted:
-        return None
-    if wanted == "latest":
-        found = list_checkpoints(output_dir)
-        return found[-1] if found else None
-    path = Path(wanted)
-    if not (path / "training_state_0.json").is_file():
-        raise ConfigError(f"checkpoint.resume_from_checkpoint: {path} is not a complete checkpoint folder")
-    return path
-
+# ------------------------------------------------------------------------------------------------ output folder
 
 def prepare_output_dir(cfg: TrainConfig, output_dir: Path, resuming: bool, accelerator) -> None:
     """Refuse to mix a new run into an old one unless resuming; overwrite=true clears the old run first."""
@@ -382,13 +337,30 @@ class Session:
     log_path: Path
 
 
+def choose_checkpoint(cfg: TrainConfig, output_dir: Path, accelerator) -> Path | None:
+    """The main process verifies and picks the checkpoint to resume from (see train.checkpoints); all agree."""
+    from accelerate.utils import broadcast_object_list
+
+    choice = [None, None]
+    if accelerator.is_main_process:
+        try:
+            choice[0] = resolve_resume(cfg.checkpoint.resume_from_checkpoint, output_dir, accelerator.print)
+        except (ConfigError, CheckpointDamaged) as error:
+            choice[1] = error
+    if accelerator.num_processes > 1:
+        choice = broadcast_object_list(choice)
+    if choice[1] is not None:
+        raise choice[1]
+    return None if choice[0] is None else Path(choice[0])
+
+
 def setup(cfg: TrainConfig, stage, accelerator, output_dir: Path) -> Session:
     """Frozen parts, the trainable Animator, data, optimiser, LR schedule and EMA, prepared and resumed."""
     from diffusers.optimization import get_scheduler
 
     main_process = accelerator.is_main_process
     device = accelerator.device
-    resume_from = resolve_resume(cfg, output_dir)
+    resume_from = choose_checkpoint(cfg, output_dir, accelerator)
     prepare_output_dir(cfg, output_dir, resume_from is not None, accelerator)
     if torch.cuda.is_available() and cfg.optim.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -492,9 +464,13 @@ def run(cfg: TrainConfig, stage=None, accelerator=None) -> TrainResult:
     stage = stage or stage_module(cfg.stage)
     output_dir = Path(cfg.output_dir)
     accelerator = accelerator or make_accelerator(cfg)
+    lock = None
     try:
+        lock = lock_output_dir(accelerator, output_dir)  # one run per output_dir
         return _loop(setup(cfg, stage, accelerator, output_dir))
     finally:
+        if lock is not None:
+            lock.release()
         accelerator.end_training()
         forget_accelerator()
 
@@ -503,72 +479,70 @@ def _loop(s: Session) -> TrainResult:
     """Micro-batches until max_train_steps (or stop_at_step): steps, logging, checkpoints, validation, export."""
     from tqdm.auto import tqdm
 
-    from .validation import render_validation
-
     cfg, accelerator, state = s.cfg, s.accelerator, s.state
     main_process, device = accelerator.is_main_process, accelerator.device
     result = TrainResult(output_dir=s.output_dir, model_dir=None)
     stop_at = min(cfg.optim.max_train_steps, cfg.stop_at_step or cfg.optim.max_train_steps)
-    progress = tqdm(total=cfg.optim.max_train_steps, initial=state["global_step"], disable=not main_process,
-                    desc=f"stage {cfg.stage}", unit="step", dynamic_ncols=True)
-    stream = batch_stream(cfg, s.dataset, s.sampler, accelerator, state["epoch"], state["batch_in_epoch"])
-    window_loss, micro_step, bad_window, consecutive_bad = 0.0, 0, False, 0
-    s.model.train()
-    while state["global_step"] < stop_at:
-        epoch, batch_in_epoch, batch = next(stream)
-        state["epoch"], state["batch_in_epoch"] = epoch, batch_in_epoch
-        # Bad files: the dataset returned None for them; a batch is used only if every process has one.
-        skipped = cfg.optim.train_batch_size if batch is None else int(batch["num_skipped"])
-        counts = accelerator.reduce(torch.tensor([skipped, float(batch is None)], device=device), "sum")
-        state["skipped_samples"] += int(counts[0])
-        if counts[1] > 0:
-            continue
-        loss = train_step(s, batch, micro_step, window_clean=not bad_window)
-        micro_step += 1
-        if loss is None:
-            bad_window = True
-        else:
-            window_loss += loss
-        if not accelerator.sync_gradients:
-            continue
+    # The bar is closed (ending its line) on errors too, so an error message starts on a line of its own.
+    with tqdm(total=cfg.optim.max_train_steps, initial=state["global_step"], disable=not main_process,
+              desc=f"stage {cfg.stage}", unit="step", dynamic_ncols=True) as progress:
+        stream = batch_stream(cfg, s.dataset, s.sampler, accelerator, state["epoch"], state["batch_in_epoch"])
+        window_loss, micro_step, bad_window, consecutive_bad = 0.0, 0, False, 0
+        s.model.train()
+        while state["global_step"] < stop_at:
+            epoch, batch_in_epoch, batch = next(stream)
+            state["epoch"], state["batch_in_epoch"] = epoch, batch_in_epoch
+            # Bad files: the dataset returned None for them; a batch is used only if every process has one.
+            skipped = cfg.optim.train_batch_size if batch is None else int(batch["num_skipped"])
+            counts = accelerator.reduce(torch.tensor([skipped, float(batch is None)], device=device), "sum")
+            state["skipped_samples"] += int(counts[0])
+            if counts[1] > 0:
+                continue
+            loss = train_step(s, batch, micro_step, window_clean=not bad_window)
+            micro_step += 1
+            if loss is None:
+                bad_window = True
+            else:
+                window_loss += loss
+            if not accelerator.sync_gradients:
+                continue
 
-        # One optimiser step done (or skipped for a non-finite loss): count, log, checkpoint, validate.
-        state["global_step"] += 1
-        step = state["global_step"]
-        progress.update(1)
-        if bad_window:
-            state["nonfinite_steps"] += 1
-            consecutive_bad += 1
-            accelerator.log({"nonfinite_steps": state["nonfinite_steps"]}, step=step)
-            if consecutive_bad >= cfg.checkpoint.max_consecutive_nonfinite:
-                last = list_checkpoints(s.output_dir)
-                raise TrainingDiverged(
-                    f"{consecutive_bad} non-finite losses in a row at step {step}: stopping. Last good checkpoint: "
-                    f"{last[-1] if last else 'none'} (lower optim.learning_rate, or use bf16 instead of fp16)")
-        else:
-            consecutive_bad = 0
-            if s.ema is not None:
-                s.ema.step(s.params)
-            mean_loss = accelerator.reduce(torch.tensor(window_loss / micro_step, device=device), "mean").item()
-            result.losses[step] = mean_loss
-            logs = {"loss": mean_loss, "lr": s.lr_scheduler.get_last_lr()[0],
-                    "skipped_samples": state["skipped_samples"], "nonfinite_steps": state["nonfinite_steps"]}
-            accelerator.log(logs, step=step)
-            progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{logs['lr']:.1e}")
-            if main_process and (step % cfg.log_every == 0 or step == stop_at):
-                with open(s.log_path, "a") as log_file:
-                    log_file.write(json.dumps({"step": step, **logs, "time": time.time()}) + "\n")
-        window_loss, micro_step, bad_window = 0.0, 0, False
+            # One optimiser step done (or skipped for a non-finite loss): count, log, checkpoint, validate.
+            state["global_step"] += 1
+            step = state["global_step"]
+            progress.update(1)
+            if bad_window:
+                state["nonfinite_steps"] += 1
+                consecutive_bad += 1
+                accelerator.log({"nonfinite_steps": state["nonfinite_steps"]}, step=step)
+                if consecutive_bad >= cfg.checkpoint.max_consecutive_nonfinite:
+                    last = list_checkpoints(s.output_dir)
+                    raise TrainingDiverged(
+                        f"{consecutive_bad} non-finite losses in a row at step {step}: stopping. Last good checkpoint: "
+                        f"{last[-1] if last else 'none'} (lower optim.learning_rate, or use bf16 instead of fp16)")
+            else:
+                consecutive_bad = 0
+                if s.ema is not None:
+                    s.ema.step(s.params)
+                mean_loss = accelerator.reduce(torch.tensor(window_loss / micro_step, device=device), "mean").item()
+                result.losses[step] = mean_loss
+                logs = {"loss": mean_loss, "lr": s.lr_scheduler.get_last_lr()[0],
+                        "skipped_samples": state["skipped_samples"], "nonfinite_steps": state["nonfinite_steps"]}
+                accelerator.log(logs, step=step)
+                progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{logs['lr']:.1e}")
+                if main_process and (step % cfg.log_every == 0 or step == stop_at):
+                    with open(s.log_path, "a") as log_file:
+                        log_file.write(json.dumps({"step": step, **logs, "time": time.time()}) + "\n")
+            window_loss, micro_step, bad_window = 0.0, 0, False
 
-        if step % cfg.checkpoint.checkpointing_steps == 0 and consecutive_bad == 0:  # never mid-divergence
-            saved = save_checkpoint(accelerator, s.output_dir, state, cfg.checkpoint.checkpoints_total_limit)
-            accelerator.print(f"\nsaved {saved}")
-        if cfg.validation.validation_steps and step % cfg.validation.validation_steps == 0 and step < stop_at:
-            if main_process and s.validation_items:
-                result.validation.append(render_validation(accelerator.unwrap_model(s.model), s.frozen,
-                                                           s.validation_items, cfg, step, accelerator))
-            accelerator.wait_for_everyone()
-    progress.close()
+            if step % cfg.checkpoint.checkpointing_steps == 0 and consecutive_bad == 0:  # never mid-divergence
+                saved = save_checkpoint(accelerator, s.output_dir, state, cfg.checkpoint.checkpoints_total_limit,
+                                        cfg.checkpoint.checksum)
+                accelerator.print(f"\nsaved {saved}")
+            if cfg.validation.validation_steps and step % cfg.validation.validation_steps == 0 and step < stop_at:
+                if main_process and s.validation_items:
+                    result.validation.append(validate(s, accelerator.unwrap_model(s.model), step))
+                accelerator.wait_for_everyone()
     result.skipped_samples, result.nonfinite_steps = state["skipped_samples"], state["nonfinite_steps"]
 
     # The end: final validation and the exported model folder (with the training scheduler), or an early stop.
@@ -582,9 +556,12 @@ def _loop(s: Session) -> TrainResult:
     result.model_dir = s.output_dir / "model"
     if main_process:
         if s.validation_items:
-            result.validation.append(render_validation(trained, s.frozen, s.validation_items, cfg,
-                                                       state["global_step"], accelerator))
-        export(s, trained, result.model_dir, result.validation[-1] if result.validation else None)
+            result.validation.append(validate(s, trained, state["global_step"]))
+        try:
+            export(s, trained, result.model_dir, result.validation[-1] if result.validation else None)
+        except OutputWriteError as error:
+            raise OutputWriteError(f"{error} while exporting the model folder; nothing half-written was kept; "
+                                   f"the run's last checkpoint: {_last_checkpoint(s)}") from error
     accelerator.wait_for_everyone()
     if main_process:
         print(f"checkpoints: {s.output_dir}/checkpoint-*   logs: {s.output_dir / 'logs'}   log: {s.log_path}")
@@ -592,6 +569,22 @@ def _loop(s: Session) -> TrainResult:
             print(f"validation samples: {s.output_dir / 'validation'}")
         print(f"trained model folder: {result.model_dir}")
     return result
+
+
+def _last_checkpoint(s: Session) -> str:
+    found = list_checkpoints(s.output_dir)
+    return str(found[-1]) if found else "none"
+
+
+def validate(s: Session, animator, step: int):
+    """Render, score, write and log the held-out pairs; a failed write stops the run with one clear line."""
+    from .validation import render_validation
+
+    try:
+        return render_validation(animator, s.frozen, s.validation_items, s.cfg, step, s.accelerator)
+    except OutputWriteError as error:
+        raise OutputWriteError(f"{error} while writing validation media at step {step}; last good checkpoint: "
+                               f"{_last_checkpoint(s)}") from error
 
 
 def export(s: Session, animator, model_dir: Path, validation=None) -> Path:
@@ -618,11 +611,12 @@ def export(s: Session, animator, model_dir: Path, validation=None) -> Path:
         image = next((f for f in validation.files if f.suffix == ".png"), None)
         if image is not None:
             card["validation_image"] = "validation.png"
-    out = export_model_folder(model_dir, animator, fresh.vae, fresh.image_encoder, fresh.feature_extractor,
-                              fresh.scheduler, frame_noise_correlation=cfg.noise.frame_noise_correlation, card=card)
-    if validation is not None and card.get("validation_image"):
-        shutil.copyfile(image, out / "validation.png")
-    return out
+    with atomic_folder(model_dir) as staging:  # published whole or not at all
+        export_model_folder(staging, animator, fresh.vae, fresh.image_encoder, fresh.feature_extractor,
+                            fresh.scheduler, frame_noise_correlation=cfg.noise.frame_noise_correlation, card=card)
+        if validation is not None and card.get("validation_image"):
+            shutil.copyfile(image, staging / "validation.png")
+    return model_dir
 
 
 # ------------------------------------------------------------------------------------------------ scripts
@@ -665,15 +659,17 @@ def main(stage: int, argv=None) -> int:
         if cfg.stage != stage:
             raise ConfigError(f"{args.config} is a stage-{cfg.stage} config; run train/stage{cfg.stage}.py")
         train(cfg)
-    except (ConfigError, MissingWeightsError, OutputExists, FileNotFoundError) as error:
+    except (ConfigError, MissingWeightsError, OutputExists, OutputLocked, CheckpointDamaged,
+            FileNotFoundError) as error:
         print(f"stage{stage}: error: {error}", file=sys.stderr)
         return 2
-    except TrainingDiverged as error:
+    except (TrainingDiverged, OutputWriteError) as error:
         print(f"stage{stage}: {error}", file=sys.stderr)
         return 1
     return 0
 
 
-__all__ = ["Frozen", "TrainResult", "TrainingDiverged", "OutputExists", "run", "train", "main", "setup", "train_step",
+__all__ = ["Frozen", "TrainResult", "TrainingDiverged", "OutputExists", "OutputLocked", "CheckpointDamaged",
+           "OutputWriteError", "run", "train", "main", "setup", "train_step",
            "make_training_scheduler",
            "encode_batch", "sample_noise", "diffusion_loss", "min_snr_weights", "EpochSampler", "list_checkpoints"]
