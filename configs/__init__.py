@@ -9,6 +9,8 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+SHIPPED = "marionet.configs:"  # the label `locate` gives a shipped config
+
 
 def names() -> list[str]:
     """Every shipped config, as 'stage1.yaml', 'tiny/stage1.yaml', 'accelerate/single_gpu.yaml', ..."""
@@ -53,4 +55,4 @@ def locate(name_or_path) -> tuple[str, str]:
     if found is None:
         raise FileNotFoundError(f"config file not found: {path} (and no shipped config of that name; shipped: "
                                 f"{', '.join(names())})")
-    return f"marionet.configs:{found}", read_text(found)
+    return f"{SHIPPED}{found}", read_text(found)

@@ -41,6 +41,9 @@ def register(subparsers) -> None:
     p.add_argument("--reroll-mask", help="mask image (white = re-roll) whose initial noise is re-drawn")
     p.add_argument("--reroll-seed", type=int, help="seed of the re-drawn noise (with --reroll-mask)")
     p.add_argument("--decode-chunk", type=int, default=8, help="frames per VAE decode call (default 8)")
+    p.add_argument("--low-memory", action="store_true",
+                   help="model CPU offload (on CUDA), guidance rows one UNet call at a time and 2 frames per VAE "
+                        "call: the same video in ~5 GiB at 24 frames 768x512 (see README, What fits where)")
     p.add_argument("--fps", type=float, help="output fps (default: the pose/driving video's, else 25)")
     p.add_argument("--device", choices=["cuda", "cpu"], help="default: cuda when available")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="default: fp16 on cuda, fp32 on cpu")
@@ -128,7 +131,10 @@ def run_animate(args) -> int:
         pipe = PoseToVideoPipeline.from_pretrained(args.model, torch_dtype=dtype)
     except MissingWeightsError as error:
         raise UserError(str(error)) from None
-    pipe.to(device)
+    if args.low_memory and device == "cuda":
+        pipe.enable_model_cpu_offload()
+    else:
+        pipe.to(device)
     reroll_mask = None
     if args.reroll_mask:
         try:
@@ -143,7 +149,8 @@ def run_animate(args) -> int:
         frames = pipe(reference, poses, height=height, width=width, num_inference_steps=args.steps,
                       guidance_scale=args.guidance, pose_guidance_scale=args.pose_guidance,
                       context_frames=args.context, context_overlap=args.overlap, closed_loop=args.closed_loop,
-                      decode_chunk_size=args.decode_chunk, generator=torch.Generator().manual_seed(args.seed),
+                      decode_chunk_size=2 if args.low_memory else args.decode_chunk,
+                      batch_guidance_rows=not args.low_memory, generator=torch.Generator().manual_seed(args.seed),
                       reroll_mask=reroll_mask, reroll_seed=args.reroll_seed).frames
         frames = to_uint8(frames[0])
     except ValueError as error:  # bad mask shape, sizes the model cannot take, ...

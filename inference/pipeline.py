@@ -57,6 +57,7 @@ class Conditioning:
     rows: tuple  # per guidance row: (drop_reference, use_pose)
     guidance_scale: float
     pose_guidance_scale: float | None
+    batch_rows: bool = True  # all guidance rows in one UNet call (else one call per row: less memory)
 
 
 def check_model_folder(path) -> Path:
@@ -225,24 +226,29 @@ class PoseToVideoPipeline(SamplingMixin, DiffusionPipeline):
     def predict_window(self, latents: torch.Tensor, t, cond: Conditioning, frames: list[int]) -> torch.Tensor:
         """The guided model output for `frames` of B videos: latents (B, 4, f, h, w) -> (B, 4, f, h, w).
 
-        All guidance rows of all videos run as one UNet batch, ordered [row 0: videos 0..B-1 ; row 1: ...]; the
-        bank holds one row per batch row (`write_reference_bank`).
+        All guidance rows of all videos run as one UNet batch, ordered [row 0: videos 0..B-1 ; row 1: ...], and
+        the bank holds one row per batch row (`write_reference_bank`); with `cond.batch_rows` off, each guidance
+        row is its own UNet call over the B videos (the same numbers, about 1/rows of the activation memory).
         """
         rows, videos = cond.rows, latents.shape[0]
-        sample = latents.repeat(len(rows), 1, 1, 1, 1)
         features = cond.pose_features[frames].repeat(videos, 1, 1, 1)  # (B*f, C, h, w), batch-major
-        pose_rows = torch.cat([features if use_pose else torch.zeros_like(features) for _, use_pose in rows])
-        drop = torch.tensor([dropped for dropped, _ in rows], device=latents.device).repeat_interleave(videos)
-        embeds = cond.image_embeds.expand(len(sample), -1, -1)
-        pred = self.animator.denoise(sample, t, embeds, pose_rows, drop if drop.any() else None)
-        return combine_guidance(pred.float(), rows, cond.guidance_scale, cond.pose_guidance_scale)
+        groups = [rows] if cond.batch_rows else [(row,) for row in rows]
+        preds = []
+        for group in groups:
+            sample = latents.repeat(len(group), 1, 1, 1, 1)
+            pose_rows = torch.cat([features if use_pose else torch.zeros_like(features) for _, use_pose in group])
+            drop = tuple(dropped for dropped, _ in group for _ in range(videos))
+            embeds = cond.image_embeds.expand(len(sample), -1, -1)
+            preds.append(self.animator.denoise(sample, t, embeds, pose_rows, drop if any(drop) else None).float())
+        return combine_guidance(torch.cat(preds), rows, cond.guidance_scale, cond.pose_guidance_scale)
 
     # --------------------------------------------------------------------------------------------- sampling
     @torch.no_grad()
     def __call__(self, reference_image, pose, height: int | None = None, width: int | None = None,
                  num_inference_steps: int = 25, guidance_scale: float = 3.5, pose_guidance_scale: float | None = None,
                  num_videos_per_prompt: int = 1, context_frames: int = 24, context_overlap: int = 4,
-                 closed_loop: bool = False, decode_chunk_size: int = 8, generator=None,
+                 closed_loop: bool = False, decode_chunk_size: int = 8, batch_guidance_rows: bool = True,
+                 generator=None,
                  latents: torch.Tensor | None = None, eta: float = 0.0, reroll_mask=None,
                  reroll_seed: int | None = None, output_type: str = "np", return_dict: bool = True,
                  callback_on_step_end=None, callback_on_step_end_tensor_inputs=("latents",)):
@@ -254,6 +260,8 @@ class PoseToVideoPipeline(SamplingMixin, DiffusionPipeline):
         reproducible on any device. num_videos_per_prompt: videos from the same inputs, each with its own noise.
         context_frames/context_overlap: the sliding window for video models (capped by the motion modules' length);
         an image model ignores the overlap and renders `context_frames` frames per UNet batch.
+        batch_guidance_rows=False runs the guidance rows one UNet call at a time: the same result with about half the
+        activation memory (with `enable_model_cpu_offload()`, what fits 24 frames at 768x512 in 6 GB).
         latents: initial noise (B, 4, F, h, w) instead of drawing it. callback_on_step_end(pipe, step, t, kwargs)
         runs after every step with the tensors named in callback_on_step_end_tensor_inputs and may replace them.
         """
@@ -276,8 +284,10 @@ class PoseToVideoPipeline(SamplingMixin, DiffusionPipeline):
         # 3. Once per video: the CLIP token, the reference latent and its ReferenceNet bank, the Pose Guider features.
         image_embeds = self.encode_image(reference)
         ref_latents = self.encode_reference_latents(reference, height, width)
-        self.write_reference_bank(ref_latents, image_embeds, len(rows) * num_videos_per_prompt)
-        cond = Conditioning(image_embeds, self.encode_pose(poses), rows, guidance_scale, pose_guidance_scale)
+        self.write_reference_bank(ref_latents, image_embeds,
+                                  (len(rows) if batch_guidance_rows else 1) * num_videos_per_prompt)
+        cond = Conditioning(image_embeds, self.encode_pose(poses), rows, guidance_scale, pose_guidance_scale,
+                            batch_guidance_rows)
 
         # 4. Timesteps, on a fresh copy of the saved (training) schedule.
         scheduler = sampling_scheduler(self.scheduler)

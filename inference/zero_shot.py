@@ -206,7 +206,7 @@ class _SwapStep:
             source_rows = source.shape[0] * source.shape[2]
             if len(self.rows) == 2:  # [unconditional ; conditional]: only conditional rows see the source
                 state.repeat_bank(2)
-                state.dropped = torch.tensor([True] * source_rows + [False] * source_rows)
+                state.dropped = (True,) * source_rows + (False,) * source_rows
             state.mode = "swap"
         else:
             state.mode = "off"

@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "marionet.data.cli",                 # synth, data ...
     "marionet.data.pose_cli",            # pose extract, pose align
     "marionet.train.cli",                # train stage1|stage2, config list|show|copy
+    "marionet.train.bench_cli",          # bench memory
     "marionet.inference.cli",            # animate
     "marionet.inference.zero_shot_cli",  # zero-shot
     "marionet.inference.compare_cli",    # compare, demo

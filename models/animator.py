@@ -23,10 +23,19 @@ from ..atomic import atomic_folder
 from .attention import (ReferenceComplete, ReferenceState, check_reference_processors, install_reference_processors,
                         set_reference_kernel)
 from .loading import offline_kwargs, require_dir
-from .motion import is_motion_parameter, source_configs, split_motion_unet, to_motion_unet
+from .motion import checkpoint_transformers, is_motion_parameter, source_configs, split_motion_unet, to_motion_unet
 from .pose_guider import ConvInAdder, PoseGuider
 
 SUBFOLDERS = ("reference_unet", "denoising_unet", "pose_guider")
+
+
+def as_flags(drop_reference) -> tuple | None:
+    """A drop mask ((B,) bool tensor, list or tuple) as Python bools: read once per call, not once per layer."""
+    if drop_reference is None:
+        return None
+    if isinstance(drop_reference, torch.Tensor):
+        return tuple(bool(flag) for flag in drop_reference.tolist())
+    return tuple(bool(flag) for flag in drop_reference)
 
 
 def clone_unet(unet: UNet2DConditionModel) -> UNet2DConditionModel:
@@ -164,8 +173,12 @@ class Animator(nn.Module):
         return trainable
 
     def enable_gradient_checkpointing(self) -> None:
+        """diffusers' checkpointing on both UNets; for a motion UNet also its transformers and motion modules,
+        which diffusers leaves out (see `models.motion.checkpoint_transformers`)."""
         self.reference_unet.enable_gradient_checkpointing()
         self.denoising_unet.enable_gradient_checkpointing()
+        if self.is_video_model:
+            checkpoint_transformers(self.denoising_unet)
 
     # ----------------------------------------------------------------------------------------------- compute
     def encode_reference(self, ref_latents: torch.Tensor, image_embeds: torch.Tensor) -> None:
@@ -199,10 +212,11 @@ class Animator(nn.Module):
         timesteps = torch.as_tensor(timesteps, device=noisy_latents.device)
         if timesteps.ndim == 0:
             timesteps = timesteps.expand(batch)
-        if drop_reference is not None:
-            drop_reference = drop_reference.to(noisy_latents.device).bool()
-            image_embeds = torch.where(drop_reference[:, None, None], torch.zeros_like(image_embeds), image_embeds)
-        self.reference_state.dropped = drop_reference
+        dropped = as_flags(drop_reference)
+        if dropped is not None:
+            mask = torch.tensor(dropped, device=image_embeds.device)
+            image_embeds = torch.where(mask[:, None, None], torch.zeros_like(image_embeds), image_embeds)
+        self.reference_state.dropped = dropped
         image_embeds = image_embeds.to(unet.dtype)
 
         video = noisy_latents.ndim == 5
@@ -231,7 +245,8 @@ class Animator(nn.Module):
         self.encode_reference(ref_latents, image_embeds)
         pose_features = self.encode_pose(pose_images)
         out = self.denoise(noisy_latents, timesteps, image_embeds, pose_features, drop_reference)
-        if drop_reference is not None and torch.is_grad_enabled() and bool(drop_reference.all()):
+        dropped = as_flags(drop_reference)
+        if dropped is not None and torch.is_grad_enabled() and all(dropped):
             # Every row dropped: keep the ReferenceNet in the graph with a zero contribution so DDP still sees a
             # gradient for each of its parameters (no find_unused_parameters needed).
             out = out + 0.0 * sum(tokens.sum() for tokens in self.reference_state.bank.values())

@@ -52,7 +52,8 @@ class ReferenceState:
 
     mode: used by processors installed without a fixed role ("off" | "write" | "read" | "swap").
     bank: layer name -> banked tokens (B, L, C).
-    dropped: optional bool (B,) — rows that see no reference tokens (classifier-free guidance, reference dropout).
+    dropped: optional tuple of B Python bools — rows that see no reference tokens (classifier-free guidance,
+        reference dropout). Python values, so the processors decide without a device sync per layer.
     temperature: softmax temperature for swap mode: logits are divided by it (T < 1 sharpens, T > 1 flattens).
     active_layers: layer names where read/swap applies; None means all. Other layers do plain self-attention.
     stop_after: layer name whose write ends the forward pass by raising `ReferenceComplete`.
@@ -60,7 +61,7 @@ class ReferenceState:
 
     mode: str = "off"
     bank: dict = field(default_factory=dict)
-    dropped: torch.Tensor | None = None
+    dropped: tuple | None = None
     temperature: float = 1.0
     active_layers: set | None = None
     stop_after: str | None = None
@@ -204,24 +205,24 @@ class ReferenceAttnProcessor:
             scale = attn.scale / state.temperature
 
         dropped = state.dropped
-        if dropped is not None:
-            dropped = dropped.to(hidden_states.device).bool()
-            if dropped.shape[0] != bank.shape[0]:
-                raise ValueError(f"{self.name}: dropped mask has {dropped.shape[0]} rows, bank {bank.shape[0]}")
-            dropped = dropped.repeat_interleave(frames)
-        if dropped is None or not bool(dropped.any()):
+        if dropped is not None and len(dropped) != bank.shape[0]:
+            raise ValueError(f"{self.name}: dropped mask has {len(dropped)} rows, bank {bank.shape[0]}")
+        if dropped is None or not any(dropped):
             return self._attend(attn, hidden_states, context_of(hidden_states, reference), attention_mask, scale)
-        if bool(dropped.all()):
+        if all(dropped):
             return self._attend(attn, hidden_states, hidden_states, attention_mask)
         # Mixed batch: two dense attention calls (one per group) keep the fused kernels, unlike a padding mask.
-        kept = ~dropped
+        rows = [flag for flag in dropped for _ in range(frames)]
+        kept = torch.tensor([i for i, flag in enumerate(rows) if not flag], device=hidden_states.device)
+        gone = torch.tensor([i for i, flag in enumerate(rows) if flag], device=hidden_states.device)
         out = torch.empty_like(hidden_states)
-        mask_kept = attention_mask[kept] if attention_mask is not None else None
-        mask_dropped = attention_mask[dropped] if attention_mask is not None else None
-        h_kept = hidden_states[kept]
-        out[kept] = self._attend(attn, h_kept, context_of(h_kept, reference[kept]), mask_kept, scale).to(out.dtype)
-        h_dropped = hidden_states[dropped]
-        out[dropped] = self._attend(attn, h_dropped, h_dropped, mask_dropped).to(out.dtype)
+        mask_kept = attention_mask.index_select(0, kept) if attention_mask is not None else None
+        mask_gone = attention_mask.index_select(0, gone) if attention_mask is not None else None
+        h_kept = hidden_states.index_select(0, kept)
+        out.index_copy_(0, kept, self._attend(attn, h_kept, context_of(h_kept, reference.index_select(0, kept)),
+                                              mask_kept, scale).to(out.dtype))
+        h_gone = hidden_states.index_select(0, gone)
+        out.index_copy_(0, gone, self._attend(attn, h_gone, h_gone, mask_gone).to(out.dtype))
         return out
 
 

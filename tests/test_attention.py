@@ -36,7 +36,7 @@ def test_read_with_empty_bank_equals_default_attention():
 def test_read_equals_explicit_attention_over_concatenated_tokens_with_unconditional_rows():
     attn = make_attention()
     x, bank = torch.randn(3, 16, 32), torch.randn(3, 24, 32)
-    state = ReferenceState(bank={"layer": bank}, dropped=torch.tensor([False, True, False]))
+    state = ReferenceState(bank={"layer": bank}, dropped=(False, True, False))
     got = ReferenceAttnProcessor(state, "layer", role="read")(attn, x)
     for row in range(3):
         context = x[row:row + 1] if row == 1 else torch.cat([x[row:row + 1], bank[row:row + 1]], dim=1)
@@ -51,7 +51,7 @@ def test_video_bank_repeated_over_frames_equals_per_frame():
     attn = make_attention()
     batch, frames = 2, 3
     x, bank = torch.randn(batch * frames, 16, 32), torch.randn(batch, 8, 32)
-    state = ReferenceState(bank={"layer": bank}, dropped=torch.tensor([False, True]))
+    state = ReferenceState(bank={"layer": bank}, dropped=(False, True))
     got = ReferenceAttnProcessor(state, "layer", role="read")(attn, x)
     for b in range(batch):
         for f in range(frames):

@@ -63,8 +63,11 @@ class OptimConfig:
     use_8bit_adam: bool = False              # bitsandbytes AdamW8bit (CUDA only, must be installed)
     max_grad_norm: float = 1.0
     max_train_steps: int = 30000
-    mixed_precision: str = "fp16"            # no | fp16 | bf16 (the launcher's --mixed_precision wins if given)
+    mixed_precision: str = "fp16"            # no | fp16 | bf16 (the launcher's --mixed_precision wins if given);
+                                             # on a CPU, bf16 runs (autocast) and fp16 falls back to fp32
     gradient_checkpointing: bool = False
+    half_precision_frozen: bool = False      # store the Animator's frozen weights (stage 2: both UNets' spatial
+                                             # layers, Pose Guider) in the mixed-precision dtype: 2 bytes/param less
     allow_tf32: bool = True
     use_ema: bool = False                    # diffusers EMAModel over the trainable weights; export uses EMA weights
     ema_decay: float = 0.9999
@@ -126,7 +129,8 @@ def load_config(path=None, overrides=None) -> TrainConfig:
     """TrainConfig defaults <- YAML file <- overrides (a list of "a.b=value" strings or a nested dict).
 
     path: a YAML file, or the name of a shipped config (`configs/tiny/stage1.yaml`, `tiny/stage1.yaml`), which is
-    read from the installed package, so the same command works in a clone and from a wheel.
+    read from the installed package, so the same command works in a clone and from a wheel. A file may start from
+    another with `extends: NAME` (a path relative to it, or a shipped name); its keys then override that one's.
     """
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
@@ -137,11 +141,7 @@ def load_config(path=None, overrides=None) -> TrainConfig:
     layers = [schema]
     try:
         if path is not None:
-            try:  # a file, else a shipped config such as "tiny/stage1.yaml"
-                path, text = configs.locate(path)
-            except FileNotFoundError as error:
-                raise ConfigError(str(error)) from None
-            layers.append(OmegaConf.create(text))
+            layers += _file_layers(path, configs, OmegaConf)
         if overrides:
             layers.append(OmegaConf.from_dotlist(list(overrides)) if isinstance(overrides, (list, tuple))
                           else OmegaConf.create(overrides))
@@ -152,6 +152,29 @@ def load_config(path=None, overrides=None) -> TrainConfig:
     config: TrainConfig = OmegaConf.to_object(merged)
     check_config(config)
     return config
+
+
+def _file_layers(path, configs, OmegaConf, seen=()) -> list:
+    """The YAML layers of `path`, the files it `extends` first."""
+    import posixpath
+    from pathlib import Path
+
+    try:  # a file, else a shipped config such as "tiny/stage1.yaml"
+        label, text = configs.locate(path)
+    except FileNotFoundError as error:
+        raise ConfigError(str(error)) from None
+    if label in seen:
+        raise ConfigError(f"{label}: `extends` loops back to it ({' -> '.join(seen)})")
+    layer = OmegaConf.create(text)
+    parent = layer.pop("extends", None) if hasattr(layer, "pop") else None
+    if parent is None:
+        return [layer]
+    if label.startswith(configs.SHIPPED):  # relative to the shipped config's folder, among the shipped ones
+        target = posixpath.normpath(posixpath.join(posixpath.dirname(label[len(configs.SHIPPED):]), str(parent)))
+    else:  # relative to the file, else a shipped name
+        beside = Path(label).parent / str(parent)
+        target = beside if beside.is_file() else parent
+    return _file_layers(target, configs, OmegaConf, (*seen, label)) + [layer]
 
 
 def check_config(cfg: TrainConfig) -> None:

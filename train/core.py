@@ -277,9 +277,12 @@ def make_accelerator(cfg: TrainConfig):
     deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     log_with = {"none": None, "all": "all"}.get(cfg.report_to, cfg.report_to)
     output_dir = Path(cfg.output_dir)
+    precision = cfg.optim.mixed_precision
+    if not on_gpu and precision == "fp16":  # CPU autocast has no fp16 loss scaling: bf16 runs, fp16 falls back
+        precision = "no"
     return Accelerator(
         gradient_accumulation_steps=cfg.optim.gradient_accumulation_steps,
-        mixed_precision=cfg.optim.mixed_precision if on_gpu else "no",  # CPU runs are fp32
+        mixed_precision=precision,
         log_with=log_with, cpu=not on_gpu and not deepspeed,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")))
 
@@ -307,6 +310,17 @@ def make_optimizer(cfg: TrainConfig, params: list, world_size: int):
         optimizer_class = bitsandbytes.optim.AdamW8bit
     return optimizer_class(params, lr=lr, betas=(optim.adam_beta1, optim.adam_beta2),
                            weight_decay=optim.adam_weight_decay, eps=optim.adam_epsilon)
+
+
+def store_frozen_in(animator, dtype: torch.dtype) -> int:
+    """Store the Animator's frozen weights (stage 2: all but the motion modules) in `dtype` (autocast computes in it
+    anyway): 2 bytes/param less. Returns how many parameters changed."""
+    count = 0
+    for param in animator.parameters():
+        if not param.requires_grad and param.dtype != dtype:
+            param.data = param.data.to(dtype)
+            count += param.numel()
+    return count
 
 
 def stage_module(stage: int):
@@ -372,6 +386,8 @@ def setup(cfg: TrainConfig, stage, accelerator, output_dir: Path) -> Session:
     half = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
     for part in (frozen.vae, frozen.image_encoder):
         part.requires_grad_(False).to(device, dtype=half).eval()
+    if cfg.optim.half_precision_frozen and half != torch.float32:
+        store_frozen_in(animator, half)  # the export reloads these weights in full precision
     if cfg.optim.gradient_checkpointing:
         animator.enable_gradient_checkpointing()
     params = [p for p in animator.parameters() if p.requires_grad]
@@ -597,6 +613,13 @@ def export(s: Session, animator, model_dir: Path, validation=None) -> Path:
     cfg = s.cfg
     fresh = s.stage.load_frozen(cfg)  # full-precision copies from disk (the training copies may be fp16)
     animator = animator.to("cpu") if animator.device.type != "cpu" else animator
+    if cfg.optim.half_precision_frozen:  # frozen weights were held in half precision: export the originals
+        trained = {name: p for name, p in animator.named_parameters() if p.requires_grad}
+        animator = s.stage.build_animator(cfg)
+        missing = set(trained) - {name for name, _ in animator.named_parameters()}
+        if missing:
+            raise RuntimeError(f"cannot restore the trained weights {sorted(missing)[:3]} into a fresh model")
+        animator.load_state_dict({k: v.detach().float() for k, v in trained.items()}, strict=False)
     card = {"produced_by": f"marionet training, stage {cfg.stage} (train/stage{cfg.stage}.py)",
             "stage": cfg.stage, "base_model": cfg.model.base_model if cfg.stage == 1 else cfg.model.stage1_model,
             "data": f"{len(s.dataset)} training samples ({cfg.data.shards or cfg.data.meta})"
