@@ -18,6 +18,7 @@ It writes `gpu.json` and `gpu.md` (the tables docs/benchmarks.md quotes) into --
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import subprocess
@@ -61,6 +62,21 @@ def prepare_wheels(dest, python_version: str = "3.12", platform_tag: str = "many
 
 
 # ------------------------------------------------------------------------------------------------ measurements
+@functools.lru_cache(maxsize=1)
+def _components() -> dict:
+    """The SD1.5-size random-weight components, built once on the CPU (the slow part) and shared by every part."""
+    from ..models.sd15 import build_sd15_components
+
+    return build_sd15_components(video=True)
+
+
+@functools.lru_cache(maxsize=None)
+def _inference_estimate(dtype: str, frames: int, height: int, width: int) -> float:
+    from .memory import InferenceCase, track_inference
+
+    return track_inference(InferenceCase(frames, height, width, precision=dtype))["peak"]
+
+
 def _sync():
     import torch
 
@@ -85,14 +101,27 @@ def train_step_figures(case, steps: int = 3) -> dict:
     """s/step, samples/s, MFU and peak memory of marionet's training step at SD1.5 size on the GPU."""
     import torch
 
-    from .memory import TrainCase, _Loss, build_training, track_training, training_batch, training_flops
+    from ..models import Animator
+    from .config import NoiseConfig
+    from .core import Frozen, make_training_scheduler, store_frozen_in
+    from .memory import _Loss, track_training, training_batch, training_flops
 
-    assert isinstance(case, TrainCase)
-    animator, frozen = build_training(case, sd15=True, device="cpu")
+    parts = _components()
+    animator = Animator(parts["reference_unet"], parts["denoising_unet"], parts["pose_guider"],
+                        parts["motion_adapter"] if case.stage == 2 else None)
+    if case.stage == 2:
+        animator.freeze_except_motion()
+    else:
+        animator.requires_grad_(True)
+        animator._wire_reference()  # re-freezes the ReferenceNet tail
     device = torch.device("cuda")
     animator.to(device).train()
-    frozen.vae.to(device)
-    frozen.image_encoder.to(device)
+    half = torch.bfloat16 if case.precision == "bf16" else torch.float16
+    if case.frozen_half:
+        store_frozen_in(animator, half)
+    frozen = Frozen(parts["vae"].to(device, half).requires_grad_(False),
+                    parts["image_encoder"].to(device, half).requires_grad_(False), None,
+                    make_training_scheduler(parts["scheduler"].config, NoiseConfig()))
     if case.checkpointing:
         animator.enable_gradient_checkpointing()
     params = [p for p in animator.parameters() if p.requires_grad]
@@ -114,6 +143,11 @@ def train_step_figures(case, steps: int = 3) -> dict:
 
     torch.cuda.reset_peak_memory_stats()
     seconds = _timed(one, steps)
+    allocated = torch.cuda.max_memory_allocated()
+    del optimizer
+    animator.to("cpu")
+    if case.frozen_half:
+        store_frozen_in(animator, torch.float32)
     flops = training_flops(case) * case.batch
     estimate, _ = track_training(case).peak(optimizer_name)
     name = torch.cuda.get_device_name()
@@ -121,8 +155,7 @@ def train_step_figures(case, steps: int = 3) -> dict:
     return {"case": case.label, "optimizer": optimizer_name, "s_per_step": round(seconds, 3),
             "samples_per_s": round(case.batch / seconds, 2),
             "mfu": round(flops / seconds / (peak * 1e12), 3) if peak else None,
-            "max_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
-            "estimate_gib": round(estimate / 2**30, 2)}
+            "max_allocated_gib": round(allocated / 2**30, 2), "estimate_gib": round(estimate / 2**30, 2)}
 
 
 def render_figures(frames: int = 24, height: int = 768, width: int = 512, steps: int = 25, dtype: str = "fp16",
@@ -134,11 +167,10 @@ def render_figures(frames: int = 24, height: int = 768, width: int = 512, steps:
     import torch
 
     from ..inference.pipeline import PoseToVideoPipeline
-    from ..models.sd15 import build_sd15_components
-    from .memory import InferenceCase, track_inference
 
     torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
-    pipe = PoseToVideoPipeline(**build_sd15_components(video=True)).to("cuda", torch_dtype)
+    parts = dict(_components())
+    pipe = PoseToVideoPipeline(**parts).to("cuda", torch_dtype)
     pipe.set_progress_bar_config(disable=True)
     if channels_last:
         for unet in (pipe.reference_unet, pipe.denoising_unet):
@@ -158,13 +190,14 @@ def render_figures(frames: int = 24, height: int = 768, width: int = 512, steps:
     with kernel:
         seconds = _timed(lambda: pipe(reference, poses, num_inference_steps=steps, guidance_scale=3.5,
                                       generator=torch.Generator().manual_seed(0), output_type="latent"), 1)
-    estimate = track_inference(InferenceCase(frames, height, width, precision=dtype))["peak"]
+    allocated = torch.cuda.max_memory_allocated()
+    pipe.to("cpu", torch.float32)
+    estimate = _inference_estimate(dtype, frames, height, width)
     return {"render": f"{frames} frames {width}x{height}, {steps} steps, {dtype}"
                       + (", channels_last" if channels_last else "") + (", compiled blocks" if compile_blocks else "")
                       + (f", SDPA {sdpa}" if sdpa else ""),
             "seconds": round(seconds, 2), "s_per_frame": round(seconds / frames, 3),
-            "max_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
-            "estimate_gib": round(estimate / 2**30, 2)}
+            "max_allocated_gib": round(allocated / 2**30, 2), "estimate_gib": round(estimate / 2**30, 2)}
 
 
 # ------------------------------------------------------------------------------------------------ the run
@@ -177,9 +210,9 @@ def plan(quick: bool = False) -> list[tuple[str, dict]]:
               ("train", {"case": TrainCase(1, 768, 4, checkpointing=True)}),
               ("train", {"case": TrainCase(2, 512, 1, 24, checkpointing=True, frozen_half=True)})]
     parts += [("render", {}), ("render", {"dtype": "bf16"})]
-    if not quick:
-        parts += [("render", {"channels_last": True}), ("render", {"compile_blocks": True}),
-                  ("render", {"sdpa": "flash_attention"}), ("render", {"sdpa": "efficient_attention"})]
+    if not quick:  # compilation changes the shared modules for good: last
+        parts += [("render", {"channels_last": True}), ("render", {"sdpa": "flash_attention"}),
+                  ("render", {"sdpa": "efficient_attention"}), ("render", {"compile_blocks": True})]
     return parts
 
 
