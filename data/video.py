@@ -198,7 +198,7 @@ def _as_frame(frame, label: str) -> np.ndarray:
 
 
 def write_video(path, frames: Iterable[np.ndarray], fps: float, crf: int = 18, overwrite: bool = False,
-                keyframe_interval: int | None = None, preset: str = "medium") -> Path:
+                keyframe_interval: int | None = None, preset: str = "medium", lossless: bool = False) -> Path:
     """Write uint8 (H, W, 3) frames (an array or any iterable, streamed) as an H.264 yuv420p mp4, atomically.
 
     Encoded by PyAV's bundled FFmpeg (libx264), so no separate ffmpeg binary is needed. Keyframes come every
@@ -206,6 +206,10 @@ def write_video(path, frames: Iterable[np.ndarray], fps: float, crf: int = 18, o
     whole keyframe interval, so this is ~3x faster to sample than x264's default of 250 for ~25% more bytes.
 
     `preset` is x264's speed/size trade-off ("veryfast" encodes several times faster, for larger files).
+    lossless=True encodes with x264's lossless mode (qp 0; several times larger): the decoded frames are then the
+    written ones after the yuv420p conversion, exactly, on every run. Lossy encodes of identical frames are not
+    always byte-identical from run to run (x264's decisions vary; seen on tiny frames here), so a lossless file is
+    what to compare bit for bit.
     yuv420p needs even sizes: an odd width or height is padded by repeating the last column/row, so the file is
     one pixel larger on that side. Refuses to replace an existing file unless overwrite=True. Returns the path.
     """
@@ -227,7 +231,8 @@ def write_video(path, frames: Iterable[np.ndarray], fps: float, crf: int = 18, o
                     stream = container.add_stream("libx264", rate=rate)
                     stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
                     stream.codec_context.gop_size = int(gop)
-                    stream.options = {"crf": str(int(crf)), "preset": preset}
+                    stream.options = {"qp": "0", "preset": preset} if lossless else {"crf": str(int(crf)),
+                                                                                   "preset": preset}
                 elif (frame.shape[1], frame.shape[0]) != size:
                     raise ValueError(f"{path}: frame {count} has size {frame.shape[1]}x{frame.shape[0]}, "
                                      f"expected {size[0]}x{size[1]}")

@@ -55,17 +55,17 @@ class TimedPipeline(PoseToVideoPipeline):
         return self._timed("encode_s", lambda: super(TimedPipeline, self).encode_reference_latents(
             reference, height, width))
 
-    def write_reference_bank(self, ref_latents, image_embeds, rows):
-        self._bank_inputs = (ref_latents, image_embeds, rows)
+    def write_reference_bank(self, ref_latents, image_embeds):
+        self._bank_inputs = (ref_latents, image_embeds)
         self.timings["reference_calls"] += 1
         return self._timed("reference_s", lambda: super(TimedPipeline, self).write_reference_bank(
-            ref_latents, image_embeds, rows))
+            ref_latents, image_embeds))
 
-    def predict_window(self, latents, t, cond, frames):
+    def predict_window(self, latents, t, cond, frames, step=0):
         self.timings["windows"] += 1
         if self.naive:
             self.write_reference_bank(*self._bank_inputs)
-        return super().predict_window(latents, t, cond, frames)
+        return super().predict_window(latents, t, cond, frames, step)
 
     def decode_latents(self, latents, chunk_size=8):
         return self._timed("decode_s", lambda: super(TimedPipeline, self).decode_latents(latents, chunk_size))

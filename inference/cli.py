@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from . import speed as speed_settings
+
 DESCRIPTION = """\
 Animate the person in --ref with the poses in --pose (a skeleton video, a skeleton image, or a folder of skeleton
 images) using a model folder (`marionet tiny-model` writes a random-weight one for smoke tests). Or give a real
@@ -30,7 +32,6 @@ def register(subparsers) -> None:
     p.add_argument("--pose-model", help="DWPose whole-body ONNX (dw-ll_ucoco_384.onnx) for --extract-pose")
     p.add_argument("--width", type=int, help="output width (default: the pose frames'; rounded to a multiple of 8)")
     p.add_argument("--height", type=int, help="output height (default: the pose frames'; multiple of 8)")
-    p.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
     p.add_argument("--guidance", type=float, default=3.5, help="reference guidance scale; 1 disables (default 3.5)")
     p.add_argument("--pose-guidance", type=float, default=None,
                    help="separate pose guidance scale (off by default; costs a third UNet row)")
@@ -49,7 +50,10 @@ def register(subparsers) -> None:
     p.add_argument("--dtype", choices=sorted(DTYPES), help="default: fp16 on cuda, fp32 on cpu")
     p.add_argument("--side-by-side", action="store_true", help="also write OUT_side_by_side (reference|pose|result)")
     p.add_argument("--gif", action="store_true", help="also write OUT.gif")
+    p.add_argument("--lossless", action="store_true",
+                   help="lossless H.264 (several times larger; the frames bit for bit, e.g. to compare runs)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    speed_settings.add_arguments(p, default_steps=25)
     p.set_defaults(func=run_animate)
 
 
@@ -64,7 +68,7 @@ def _check_arguments(args, UserError) -> None:
         raise UserError("give either --pose SKELETON or --driving VIDEO --extract-pose")
     if args.reroll_mask and args.reroll_seed is None:
         raise UserError("--reroll-mask needs --reroll-seed")
-    for name in ("steps", "context", "decode_chunk"):
+    for name in ("context", "decode_chunk"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     if not 0 <= args.overlap < args.context:
@@ -80,6 +84,10 @@ def run_animate(args) -> int:
     from ..errors import UserError
 
     _check_arguments(args, UserError)
+    try:
+        speed = speed_settings.from_arguments(args)
+    except ValueError as error:
+        raise UserError(str(error)) from None
     out = Path(args.out)
     from .io import IMAGE_EXTENSIONS
 
@@ -101,20 +109,13 @@ def run_animate(args) -> int:
     dtype_name = args.dtype or ("fp16" if device == "cuda" else "fp32")
     dtype = getattr(torch, DTYPES[dtype_name])
 
-    from .io import as_rgb_array, load_pose_frames, round_size, side_by_side, write_outputs
+    from .io import as_rgb_array, round_size, side_by_side, write_outputs
 
-    try:
-        reference = as_rgb_array(args.ref)
-    except (FileNotFoundError, ValueError) as error:
-        raise UserError(f"--ref: {error}") from None
-    fps = None
+    reference = read_reference(args.ref)
     if args.extract_pose:
         poses, fps = _extract_poses(args, reference, UserError)
     else:
-        try:
-            poses, fps = load_pose_frames(args.pose)
-        except (FileNotFoundError, ValueError) as error:
-            raise UserError(f"--pose: {error}") from None
+        poses, fps = read_poses(args.pose)
     fps = args.fps or fps or 25.0
     if image_out and len(poses) != 1:
         raise UserError(f"--out {out} is an image but the pose sequence has {len(poses)} frames (use .mp4)")
@@ -131,6 +132,7 @@ def run_animate(args) -> int:
         pipe = PoseToVideoPipeline.from_pretrained(args.model, torch_dtype=dtype)
     except MissingWeightsError as error:
         raise UserError(str(error)) from None
+    speed_settings.apply(pipe, speed)
     if args.low_memory and device == "cuda":
         pipe.enable_model_cpu_offload()
     else:
@@ -146,7 +148,7 @@ def run_animate(args) -> int:
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     try:
-        frames = pipe(reference, poses, height=height, width=width, num_inference_steps=args.steps,
+        frames = pipe(reference, poses, height=height, width=width, num_inference_steps=speed.steps,
                       guidance_scale=args.guidance, pose_guidance_scale=args.pose_guidance,
                       context_frames=args.context, context_overlap=args.overlap, closed_loop=args.closed_loop,
                       decode_chunk_size=2 if args.low_memory else args.decode_chunk,
@@ -159,7 +161,8 @@ def run_animate(args) -> int:
 
     comparison = side_by_side(reference, poses, frames) if args.side_by_side else None
     try:
-        written = write_outputs(out, frames, fps, overwrite=args.overwrite, gif=args.gif, comparison=comparison)
+        written = write_outputs(out, frames, fps, overwrite=args.overwrite, gif=args.gif, comparison=comparison,
+                                lossless=args.lossless)
     except (FileExistsError, ValueError, OutputWriteError) as error:
         raise UserError(str(error)) from None
     if device == "cuda":
@@ -168,9 +171,31 @@ def run_animate(args) -> int:
         peak = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB RAM (process peak RSS)"
     for path in written:
         print(f"wrote {path}")
-    print(f"{len(frames)} frames at {width}x{height}, {args.steps} steps: {seconds:.1f} s "
+    print(f"{len(frames)} frames at {width}x{height}, {speed.steps} steps ({speed.describe()}): {seconds:.1f} s "
           f"({seconds / len(frames):.2f} s/frame), peak memory {peak}")
     return 0
+
+
+def read_reference(path):
+    """The reference image as uint8 (H, W, 3), or a UserError naming it (the CLI's and the app's message)."""
+    from ..errors import UserError
+    from .io import as_rgb_array
+
+    try:
+        return as_rgb_array(path)
+    except (FileNotFoundError, ValueError) as error:
+        raise UserError(f"--ref: {error}") from None
+
+
+def read_poses(path):
+    """The pose sequence -> (uint8 (F, H, W, 3), fps or None), or a UserError naming the file."""
+    from ..errors import UserError
+    from .io import load_pose_frames
+
+    try:
+        return load_pose_frames(path)
+    except (FileNotFoundError, ValueError) as error:
+        raise UserError(f"--pose: {error}") from None
 
 
 def _extract_poses(args, reference, UserError):

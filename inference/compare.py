@@ -23,6 +23,7 @@ import numpy as np
 
 from ..atomic import atomic_folder
 from . import metrics as M
+from . import speed as speed_settings
 from .compare_cli import SPEC_HELP
 
 class CompareError(ValueError):
@@ -53,7 +54,7 @@ METHOD_KINDS: dict[str, MethodFactory] = {}
 
 def register_method_kind(kind: str, factory: MethodFactory) -> None:
     """Make `KIND:...` specs build methods with `factory(spec, context)` -> a Method named `spec.name`;
-    context holds "device"."""
+    context holds "device" and "speed" (the comparison-wide `Speed`, which SPEC options override)."""
     METHOD_KINDS[kind] = factory
 
 
@@ -82,6 +83,7 @@ def parse_method(text: str) -> MethodSpec:
 
 
 def _options(spec: MethodSpec, required: tuple, optional: tuple = ("guidance",)) -> dict:
+    optional = tuple(optional) + speed_settings.SPEC_OPTIONS
     unknown = sorted(set(spec.options) - set(required) - set(optional))
     missing = [key for key in required if key not in spec.options]
     if unknown or missing:
@@ -97,25 +99,39 @@ def _options(spec: MethodSpec, required: tuple, optional: tuple = ("guidance",))
     return options
 
 
+def _speed(spec: MethodSpec, options: dict, context: dict) -> speed_settings.Speed:
+    """The method's solver, step cache and step count: the comparison's, with the SPEC's options on top."""
+    try:
+        return speed_settings.from_options(options, context.get("speed") or speed_settings.Speed())
+    except ValueError as error:
+        raise CompareError(f"method {spec.text or spec.name!r}: {error}") from None
+
+
 @dataclass
 class PipelineMethod:
     """A method backed by a pipeline loaded once (`load()`, timed apart from rendering) and released afterwards;
-    `call(pipe, reference, poses, steps, seed)` renders. `settings` go into the report."""
+    `call(pipe, reference, poses, steps, seed)` renders with the method's `speed` (solver, step cache; its steps,
+    when set, replace the comparison's). `settings` go into the report."""
     name: str
     load: Callable
     call: Callable
     settings: dict = field(default_factory=dict)
     pipe: object = None
+    speed: speed_settings.Speed | None = None
 
     def prepare(self) -> None:
         if self.pipe is None:
             self.pipe = self.load()
+            if self.speed is not None:
+                speed_settings.apply(self.pipe, self.speed)
 
     def release(self) -> None:
         self.pipe = None
 
     def render(self, reference, poses, steps, seed):
         self.prepare()
+        if self.speed is not None and self.speed.steps is not None:
+            steps = self.speed.steps
         return self.call(self.pipe, reference, poses, steps, seed)
 
 
@@ -129,6 +145,7 @@ def _to_device(pipe, context: dict):
 
 def _trained(spec: MethodSpec, context: dict, pose_only: bool = False) -> Method:
     options = _options(spec, ("model",), optional=() if pose_only else ("guidance",))
+    speed = _speed(spec, options, context)
     from ..models.loading import require_dir
 
     model = require_dir(options["model"], f"method {spec.name}: model folder", ("model_index.json",))
@@ -147,8 +164,8 @@ def _trained(spec: MethodSpec, context: dict, pose_only: bool = False) -> Method
         return render_video(pipe, reference, poses, num_inference_steps=steps, guidance_scale=guidance, seed=seed,
                             height=poses.shape[1], width=poses.shape[2])
 
-    settings = {"kind": spec.kind, "model": str(model), "guidance": guidance}
-    return PipelineMethod(spec.name, load, call, settings)
+    settings = {"kind": spec.kind, "model": str(model), "guidance": guidance, **speed.as_dict()}
+    return PipelineMethod(spec.name, load, call, settings, speed=speed)
 
 
 def _zero_shot(spec: MethodSpec, context: dict) -> Method:
@@ -160,6 +177,7 @@ def _zero_shot(spec: MethodSpec, context: dict) -> Method:
         options = _options(spec, ("model",), ("guidance",) + switches)
     guidance = options.get("guidance", 1.0)
     method_options = _zero_shot_options(spec, options)
+    speed = _speed(spec, options, context)
     from ..models.loading import require_dir, require_file
 
     what = f"method {spec.name}"
@@ -187,8 +205,9 @@ def _zero_shot(spec: MethodSpec, context: dict) -> Method:
         return render_zero_shot(pipe, reference, poses, num_inference_steps=steps, seed=seed,
                                 guidance_scale=guidance, options=method_options)
 
-    settings = {"kind": spec.kind, "backbone": "sd15" if stock else "trained", **options, "guidance": guidance}
-    return PipelineMethod(spec.name, load, call, settings)
+    settings = {"kind": spec.kind, "backbone": "sd15" if stock else "trained", **options, "guidance": guidance,
+                **speed.as_dict()}
+    return PipelineMethod(spec.name, load, call, settings, speed=speed)
 
 
 def _zero_shot_options(spec: MethodSpec, options: dict):
@@ -351,12 +370,14 @@ def _render_checked(method: Method, clip: Clip, steps: int, seed: int) -> tuple[
 
 def run_comparison(data, methods, out_dir, videos: int | None = None, frames: int | None = None, size=None,
                    steps: int = 20, seed: int = 0, ref_frame: int = 0, lpips=None, fvd=None, device=None,
-                   overwrite: bool = False, progress: bool = True, grid_frames: int = 8) -> dict:
+                   overwrite: bool = False, progress: bool = True, grid_frames: int = 8,
+                   speed: speed_settings.Speed | None = None) -> dict:
     """Render every clip with every method, score it, and write the report folder `out_dir`; returns the report.
 
     data: a meta.json or shards (or a list of `Clip`s); methods: `Method` objects and/or 'NAME=SPEC' strings;
     size: 'WxH' or (w, h) to resize all frames (default: the videos' own size); lpips / fvd: local weight paths
     (see inference.metrics.load_lpips / load_i3d) or None, in which case the report says they were not computed.
+    speed: the solver and step cache of every SPEC-built method (default DDIM, no caching); SPECs may override it.
     """
     from . import report as R
 
@@ -367,7 +388,7 @@ def run_comparison(data, methods, out_dir, videos: int | None = None, frames: in
         raise FileExistsError(f"{out_dir}: already exists (use --overwrite to replace it)")
     clips = data if isinstance(data, list) and data and isinstance(data[0], Clip) else load_clips(
         data, videos, frames, size, ref_frame)
-    context = {"device": device}
+    context = {"device": device, "speed": speed}
     built = [build_method(m, context) if isinstance(m, (str, MethodSpec)) else m for m in methods]
     for method in built:
         if not isinstance(method, Method):
@@ -431,7 +452,7 @@ def run_comparison(data, methods, out_dir, videos: int | None = None, frames: in
         report = R.build_report(clips, built, per_video, fvd_values, timings, load_seconds, settings={
             "data": str(data) if not isinstance(data, list) else "<clips>", "videos": len(clips),
             "frames": frames, "size": list(parse_size(size)) if size else None, "steps": steps, "seed": seed,
-            "ref_frame": ref_frame, "device": device or "cpu", "lpips_weights": str(lpips) if lpips else None,
+            "speed": (speed or speed_settings.Speed()).as_dict(), "ref_frame": ref_frame, "device": device or "cpu", "lpips_weights": str(lpips) if lpips else None,
             "fvd_weights": str(fvd) if fvd else None, "std": "population standard deviation over videos (ddof=0)",
         }, lpips_given=bool(lpips), fvd_given=bool(fvd))
         R.write_report_files(temp, report, clips, built, lambda i, k: np.load(renders / f"{i}_{k}.npy"),

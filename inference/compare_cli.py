@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from . import speed as speed_settings
+
 COMPARE_DESCRIPTION = """\
 Render held-out videos with every --method and score them against the ground truth. For each video the reference is
 one frame (--ref-frame), the driving poses are the video's own skeleton frames and the ground truth is the video; all
@@ -23,6 +25,8 @@ a bare model folder (short for trained:model=FOLDER). Kinds:
       previous-target|previous-source, swap_steps=START:END, swap=off
   pose-only:model=DIR                       the trained model with the reference dropped (no reference tokens, zero
                                             CLIP token): the lower bound showing how much appearance a method transfers
+Every kind also takes speed options, over the command's --scheduler/--step-cache/--fast: scheduler=ddim|dpm++|
+unipc|euler, step_cache=N, step_cache_skips=K, steps=S, fast=1 (the --fast preset).
 Values cannot contain ',' or '='. Guidance defaults: trained 3.5, zero-shot 1.0 (off). Example:
   --method ours=trained:model=runs/stage2/model --method zs=zero-shot:model=runs/stage1/model"""
 
@@ -39,7 +43,6 @@ def register(subparsers) -> None:
     compare.add_argument("--videos", type=int, default=None, help="use the first N videos (default: all)")
     compare.add_argument("--frames", type=int, default=None, help="render the first F frames of each (default: all)")
     compare.add_argument("--size", default=None, metavar="WxH", help="resize all frames (default: the videos' size)")
-    compare.add_argument("--steps", type=int, default=20, help="denoising steps for every method (default 20)")
     compare.add_argument("--seed", type=int, default=0, help="the same seed for every method and video (default 0)")
     compare.add_argument("--ref-frame", type=int, default=0, help="which frame is the reference (default 0)")
     compare.add_argument("--lpips", default=None, metavar="PATH",
@@ -49,6 +52,7 @@ def register(subparsers) -> None:
     compare.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     compare.add_argument("--grid-frames", type=int, default=8, help="frames shown in each grid (default 8)")
     compare.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
+    speed_settings.add_arguments(compare, default_steps=20)
     compare.set_defaults(func=run_compare)
 
     demo = subparsers.add_parser(
@@ -68,7 +72,7 @@ def register(subparsers) -> None:
 def run_compare(args) -> int:
     from ..errors import UserError
 
-    for flag in ("videos", "frames", "steps", "grid_frames"):
+    for flag in ("videos", "frames", "grid_frames"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
@@ -78,6 +82,11 @@ def run_compare(args) -> int:
     from ..models.loading import MissingWeightsError
     from .compare import CompareError, run_comparison
 
+    try:
+        speed = speed_settings.from_arguments(args)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+
     device = args.device
     if device is None:
         import torch
@@ -85,9 +94,10 @@ def run_compare(args) -> int:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         report = run_comparison(args.data, args.method, args.out, videos=args.videos, frames=args.frames,
-                                size=args.size, steps=args.steps, seed=args.seed, ref_frame=args.ref_frame,
+                                size=args.size, steps=speed.steps, seed=args.seed, ref_frame=args.ref_frame,
                                 lpips=args.lpips, fvd=args.fvd, device=device, overwrite=args.overwrite,
-                                grid_frames=args.grid_frames)
+                                grid_frames=args.grid_frames,
+                                speed=speed_settings.Speed(speed.scheduler, speed.cache_interval, speed.cache_skips))
     except (CompareError, MissingWeightsError, FileExistsError, FileNotFoundError, OutputWriteError) as error:
         raise UserError(str(error).splitlines()[0]) from None
     for name, entry in report["methods"].items():

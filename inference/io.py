@@ -123,8 +123,9 @@ def side_by_side(reference: np.ndarray, poses: np.ndarray, frames: np.ndarray) -
 
 
 def write_outputs(out, frames: np.ndarray, fps: float, overwrite: bool = False, gif: bool = False,
-                  comparison: np.ndarray | None = None) -> list[Path]:
-    """Write the result (mp4, or png for an image path) and optional GIF / side-by-side mp4 beside it.
+                  comparison: np.ndarray | None = None, lossless: bool = False) -> list[Path]:
+    """Write the result (mp4, or png for an image path) and optional GIF / side-by-side mp4 beside it
+    (lossless: x264's lossless mode for the mp4s, bit-exact frames after the yuv420p conversion).
 
     Every target is checked before anything is written, so a refused overwrite leaves no partial set of files.
     """
@@ -149,13 +150,13 @@ def write_outputs(out, frames: np.ndarray, fps: float, overwrite: bool = False, 
     elif out.suffix.lower() == ".gif":
         written.append(write_gif(out, frames, fps, overwrite=True))
     else:
-        written.append(write_video(out, frames, fps, overwrite=True))
+        written.append(write_video(out, frames, fps, overwrite=True, lossless=lossless))
     if gif and targets[1] != out:
         written.append(write_gif(targets[1], frames, fps, overwrite=True))
     if comparison is not None:
         target = targets[-1]
         written.append(_write_png(target, comparison[0]) if image_out else
-                       write_video(target, comparison, fps, overwrite=True))
+                       write_video(target, comparison, fps, overwrite=True, lossless=lossless))
     return written
 
 

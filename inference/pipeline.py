@@ -211,11 +211,10 @@ class PoseToVideoPipeline(SamplingMixin, DiffusionPipeline):
         return self.vae.encode(pixels).latent_dist.mean * self.vae.config.scaling_factor
 
     @torch.no_grad()
-    def write_reference_bank(self, ref_latents: torch.Tensor, image_embeds: torch.Tensor, rows: int) -> None:
-        """ReferenceNet on the clean reference (once per video); the bank is tiled to one row per UNet batch row."""
+    def write_reference_bank(self, ref_latents: torch.Tensor, image_embeds: torch.Tensor) -> None:
+        """ReferenceNet on the clean reference, once per video: one bank row that every guidance row, video, window
+        and step reads (see `models.attention`)."""
         self.animator.encode_reference(ref_latents, image_embeds)
-        if rows > 1:
-            self.animator.reference_state.repeat_bank(rows)
 
     @torch.no_grad()
     def encode_pose(self, poses: np.ndarray) -> torch.Tensor:
@@ -223,23 +222,29 @@ class PoseToVideoPipeline(SamplingMixin, DiffusionPipeline):
         pixels = torch.from_numpy(poses).permute(0, 3, 1, 2).to(self._execution_device, self.pose_guider.dtype)
         return self.animator.encode_pose(pixels / 255.0)
 
-    def predict_window(self, latents: torch.Tensor, t, cond: Conditioning, frames: list[int]) -> torch.Tensor:
+    def _step_cache_models(self) -> tuple:
+        return (self.denoising_unet,)
+
+    def predict_window(self, latents: torch.Tensor, t, cond: Conditioning, frames: list[int],
+                       step: int = 0) -> torch.Tensor:
         """The guided model output for `frames` of B videos: latents (B, 4, f, h, w) -> (B, 4, f, h, w).
 
-        All guidance rows of all videos run as one UNet batch, ordered [row 0: videos 0..B-1 ; row 1: ...], and
-        the bank holds one row per batch row (`write_reference_bank`); with `cond.batch_rows` off, each guidance
+        All guidance rows of all videos run as one UNet batch, ordered [row 0: videos 0..B-1 ; row 1: ...], all
+        reading the one bank row (`write_reference_bank`); with `cond.batch_rows` off, each guidance
         row is its own UNet call over the B videos (the same numbers, about 1/rows of the activation memory).
+        `step` (the denoising step's index) tells step caching, when enabled, which calls are full ones.
         """
         rows, videos = cond.rows, latents.shape[0]
         features = cond.pose_features[frames].repeat(videos, 1, 1, 1)  # (B*f, C, h, w), batch-major
         groups = [rows] if cond.batch_rows else [(row,) for row in rows]
         preds = []
-        for group in groups:
+        for index, group in enumerate(groups):
             sample = latents.repeat(len(group), 1, 1, 1, 1)
             pose_rows = torch.cat([features if use_pose else torch.zeros_like(features) for _, use_pose in group])
             drop = tuple(dropped for dropped, _ in group for _ in range(videos))
             embeds = cond.image_embeds.expand(len(sample), -1, -1)
-            preds.append(self.animator.denoise(sample, t, embeds, pose_rows, drop if any(drop) else None).float())
+            with self.cached_call(step, (tuple(frames), index)):
+                preds.append(self.animator.denoise(sample, t, embeds, pose_rows, drop if any(drop) else None).float())
         return combine_guidance(torch.cat(preds), rows, cond.guidance_scale, cond.pose_guidance_scale)
 
     # --------------------------------------------------------------------------------------------- sampling
@@ -284,8 +289,7 @@ class PoseToVideoPipeline(SamplingMixin, DiffusionPipeline):
         # 3. Once per video: the CLIP token, the reference latent and its ReferenceNet bank, the Pose Guider features.
         image_embeds = self.encode_image(reference)
         ref_latents = self.encode_reference_latents(reference, height, width)
-        self.write_reference_bank(ref_latents, image_embeds,
-                                  (len(rows) if batch_guidance_rows else 1) * num_videos_per_prompt)
+        self.write_reference_bank(ref_latents, image_embeds)
         cond = Conditioning(image_embeds, self.encode_pose(poses), rows, guidance_scale, pose_guidance_scale,
                             batch_guidance_rows)
 
@@ -303,7 +307,7 @@ class PoseToVideoPipeline(SamplingMixin, DiffusionPipeline):
         # 7. Denoising loop over the context windows.
         try:
             latents = self.denoise(latents, scheduler.timesteps, scheduler, windows,
-                                   lambda i, t, frames, sample: self.predict_window(sample, t, cond, frames),
+                                   lambda i, t, frames, sample: self.predict_window(sample, t, cond, frames, i),
                                    step_kwargs, callback_on_step_end, callback_on_step_end_tensor_inputs)
         finally:
             self.animator.reference_state.clear()

@@ -12,6 +12,7 @@
 - scheduler-step arguments (`scheduler_step_kwargs`: only what the scheduler's `step` accepts);
 - context windows: long videos are denoised as overlapping windows blended with position weights, image models
   in chunks of frames (`frame_windows`, `denoise`), with `callback_on_step_end` once per step and `interrupt`;
+- step caching (`enable_step_cache`: deep UNet features reused between full steps, `inference.step_cache`);
 - the chunked VAE decode and the output conversion (`decode_latents`, `postprocess`): one output dataclass,
   `PoseVideoPipelineOutput`, with diffusers' video conventions.
 
@@ -19,6 +20,7 @@ Latents are (B, 4, F, h, w) float32 everywhere; each pipeline casts to its model
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 from dataclasses import dataclass
 from typing import Callable
@@ -31,6 +33,7 @@ from diffusers.utils import BaseOutput, logging
 from diffusers.utils.torch_utils import randn_tensor
 
 from .io import as_rgb_array, fit_reference, load_pose_frames, resize, round_size
+from .step_cache import StepCache
 from .windows import context_windows, position_weights
 
 logger = logging.get_logger(__name__)
@@ -136,6 +139,31 @@ class SamplingMixin:
     def initial_noise_correlation(self) -> float:
         """Share of the initial noise common to all frames: 1 for image models (frames share one noise)."""
         return 1.0
+
+    # -------------------------------------------------------------------------------------------- step cache
+    def _step_cache_models(self) -> tuple:
+        """The models whose deep features step caching reuses (each pipeline names its UNet / ControlNet)."""
+        raise NotImplementedError
+
+    @property
+    def step_cache(self) -> StepCache | None:
+        return getattr(self, "_step_cache", None)
+
+    def enable_step_cache(self, interval: int = 3, skips: int = 2) -> StepCache:
+        """Reuse the UNet's deep features between full steps: a full pass every `interval` steps, the steps between
+        recompute only the outer `skips` skip connections' layers (`inference.step_cache`). interval 1 = off."""
+        self.disable_step_cache()
+        self._step_cache = StepCache(interval, skips).attach(*self._step_cache_models())
+        return self._step_cache
+
+    def disable_step_cache(self) -> None:
+        if self.step_cache is not None:
+            self._step_cache.detach()
+        self._step_cache = None
+
+    def cached_call(self, step: int, key):
+        """Context for one denoising model call of step `step` (`key`: which call of the step it is)."""
+        return self._step_cache.call(step, key) if self.step_cache is not None else contextlib.nullcontext(True)
 
     # -------------------------------------------------------------------------------------------- inputs
     def check_common_inputs(self, num_inference_steps, decode_chunk_size, output_type, callback_on_step_end,
@@ -248,7 +276,9 @@ class SamplingMixin:
         num_frames = latents.shape[2]
         weights = [position_weights(len(window)).to(latents.device, torch.float32) for window in windows]
         self._num_timesteps = len(timesteps)
-        with self.progress_bar(total=len(timesteps)) as progress:
+        if self.step_cache is not None:
+            self.step_cache.reset()
+        with self.progress_bar(total=len(timesteps)) as progress, self._forget_step_cache():
             for i, t in enumerate(timesteps):
                 if self.interrupt:
                     continue
@@ -268,6 +298,14 @@ class SamplingMixin:
                     latents = outputs.pop("latents", latents)
                 progress.update()
         return latents
+
+    @contextlib.contextmanager
+    def _forget_step_cache(self):
+        try:
+            yield
+        finally:
+            if self.step_cache is not None:
+                self.step_cache.reset()  # the kept features are this video's only
 
     # -------------------------------------------------------------------------------------------- output
     @torch.no_grad()

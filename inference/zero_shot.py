@@ -191,7 +191,7 @@ class _SwapStep:
         key = tuple(frames)
         reads_source = any(not dropped for dropped, _ in self.rows)
         swap_now = self.options.swaps_at(i, self.num_steps) and reads_source
-        state.bank, state.dropped = {}, None
+        state.clear()
         if swap_now:
             # Source pass: the source latent noised to t (one frame; F frames of it for "previous-target").
             noise = self._source_noise(key, frames, (1, 4, 1) + tuple(c["source"].shape[-2:]))
@@ -200,13 +200,16 @@ class _SwapStep:
                 self.scheduler.add_noise(clean, noise.to(clean.dtype), t.reshape(1)), t)
             state.mode = "write"
             n = source.shape[0]  # the source pass sees the same prompt and image prompt as the target
-            source_out = pipe.run_unet(source, t, c["context"][:n], None if c["ip"] is None else c["ip"][:n], None,
-                                       None, self.control_scale)
+            # The source's frame count can change between steps ("previous-target" noise): part of the cache key.
+            with pipe.cached_call(i, ("source", key, tuple(source.shape))):
+                source_out = pipe.run_unet(source, t, c["context"][:n], None if c["ip"] is None else c["ip"][:n],
+                                           None, None, self.control_scale)
             self.source_before[key] = as_epsilon(self.scheduler, source_out.float(), source, t)
+            # The bank has a row per source frame (one, or one per target frame); target row r reads bank row
+            # r % source_rows, in each guidance group; only conditional groups read it.
             source_rows = source.shape[0] * source.shape[2]
-            if len(self.rows) == 2:  # [unconditional ; conditional]: only conditional rows see the source
-                state.repeat_bank(2)
-                state.dropped = (True,) * source_rows + (False,) * source_rows
+            state.samples = len(self.rows) * source_rows
+            state.dropped = tuple(dropped for dropped, _ in self.rows for _ in range(source_rows))
             state.mode = "swap"
         else:
             state.mode = "off"
@@ -219,7 +222,8 @@ class _SwapStep:
                                                      for dropped, _ in self.rows])
         control = None if c["control"] is None else c["control"][frames].repeat(len(model_input), 1, 1, 1)
         pose = None if c["pose"] is None else c["pose"][frames].repeat(len(model_input), 1, 1, 1)
-        out = pipe.run_unet(model_input, t, context, ip, control, pose, self.control_scale)
+        with pipe.cached_call(i, ("target", key)):
+            out = pipe.run_unet(model_input, t, context, ip, control, pose, self.control_scale)
         out = combine_guidance(out.float(), self.rows, self.guidance_scale)
         self.target_now[:, :, frames] = as_epsilon(self.scheduler, out, sample, t)
         return out
@@ -286,6 +290,9 @@ class ZeroShotPoseTransferPipeline(SamplingMixin, DiffusionPipeline, IPAdapterMi
         self._swap_layers = install_reference_processors(
             self.unet, self.reference_state, kernel="sdpa" if slice_size is None else "sliced",
             slice_size=slice_size)
+
+    def _step_cache_models(self) -> tuple:
+        return (self.unet, self.controlnet)
 
     @property
     def has_ip_adapter(self) -> bool:
@@ -504,7 +511,8 @@ class ZeroShotPoseTransferPipeline(SamplingMixin, DiffusionPipeline, IPAdapterMi
             latents = self.denoise(latents, scheduler.timesteps, scheduler, windows, step, step_kwargs,
                                    callback_on_step_end, callback_on_step_end_tensor_inputs)
         finally:
-            state.mode, state.bank, state.dropped = "off", {}, None
+            state.clear()
+            state.mode = "off"
 
         # 8. Decode in chunks and convert; 9. offload hooks back to their resting state.
         frames = self.postprocess(latents, output_type, decode_chunk_size)

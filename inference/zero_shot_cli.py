@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from . import speed as speed_settings
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 VIDEO_OUT_SUFFIXES = {".mp4", ".gif"}
 
@@ -45,7 +47,6 @@ def register(subparsers) -> None:
                         help="classifier-free guidance scale; 1.0 = off (default: %(default)s)")
     method.add_argument("--controlnet-scale", type=float, default=1.0, help="ControlNet conditioning scale")
     method.add_argument("--ip-adapter-scale", type=float, default=1.0, help="IP-Adapter scale")
-    p.add_argument("--steps", type=int, default=25, help="DDIM steps (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--frames", type=int, default=None, help="use at most this many pose frames")
     p.add_argument("--context", type=int, default=24,
@@ -54,6 +55,7 @@ def register(subparsers) -> None:
     p.add_argument("--fps", type=float, default=None, help="output fps (default: the pose video's, else 8)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    speed_settings.add_arguments(p, default_steps=25)
     p.set_defaults(func=run_zero_shot)
 
 
@@ -77,8 +79,8 @@ def _check_args(args):
         raise UserError("give --model TRAINED_DIR, or --base SD15_DIR and --controlnet CN_DIR")
     if args.image_encoder and not args.ip_adapter:
         raise UserError("--image-encoder is only used with --ip-adapter")
-    if args.steps < 1 or args.context < 1 or (args.frames is not None and args.frames < 1):
-        raise UserError("--steps, --frames and --context must be at least 1")
+    if args.context < 1 or (args.frames is not None and args.frames < 1):
+        raise UserError("--frames and --context must be at least 1")
     if not 0 <= args.overlap < args.context:
         raise UserError(f"--overlap must be in [0, --context), got {args.overlap}")
     out = Path(args.out)
@@ -113,6 +115,10 @@ def run_zero_shot(args) -> int:
     from ..errors import UserError
 
     out = _check_args(args)
+    try:
+        speed = speed_settings.from_arguments(args)
+    except ValueError as error:
+        raise UserError(str(error)) from None
     import torch
 
     from ..data.video import load_image_rgb
@@ -151,11 +157,12 @@ def run_zero_shot(args) -> int:
                 pipe.set_ip_adapter_scale(args.ip_adapter_scale)
     except (MissingWeightsError, OSError, ValueError) as error:
         raise UserError(str(error).splitlines()[0]) from None
+    speed_settings.apply(pipe, speed)
     if device != "cpu":
         pipe.to(device)
     loaded = time.perf_counter()
     try:
-        frames = pipe(reference, poses, height=height, width=width, num_inference_steps=args.steps,
+        frames = pipe(reference, poses, height=height, width=width, num_inference_steps=speed.steps,
                       guidance_scale=args.guidance, generator=torch.Generator().manual_seed(args.seed),
                       options=options, controlnet_conditioning_scale=args.controlnet_scale,
                       context_frames=args.context, context_overlap=args.overlap).frames
@@ -169,7 +176,7 @@ def run_zero_shot(args) -> int:
     swap = "off" if args.no_swap else (f"{args.swap_layers} layers, steps {args.swap_steps}, source noise "
                                        f"{args.source_noise}, temperature {args.temperature}")
     print(f"zero-shot on {backbone}; swap: {swap}; guidance {args.guidance}")
-    print(f"load {loaded - started:.1f} s, render {len(frames)} frame(s) x {args.steps} steps "
+    print(f"load {loaded - started:.1f} s, render {len(frames)} frame(s) x {speed.steps} steps ({speed.describe()}) "
           f"{rendered - loaded:.1f} s on {device}")
     print(f"wrote {out} ({len(frames)} frame(s), {width}x{height})")
     return 0

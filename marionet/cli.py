@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "marionet.inference.cli",            # animate
     "marionet.inference.zero_shot_cli",  # zero-shot
     "marionet.inference.compare_cli",    # compare, demo
+    "marionet.inference.app_cli",        # app
 )
 
 

@@ -186,7 +186,7 @@ class Animator(nn.Module):
         self.check_reference_attention()
         unet = self.reference_unet
         state = self.reference_state
-        state.bank = {}
+        state.bank, state.projected = {}, {}
         state.stop_after = self.last_reference_layer
         timesteps = torch.zeros(ref_latents.shape[0], device=ref_latents.device, dtype=torch.long)
         try:
@@ -216,7 +216,7 @@ class Animator(nn.Module):
         if dropped is not None:
             mask = torch.tensor(dropped, device=image_embeds.device)
             image_embeds = torch.where(mask[:, None, None], torch.zeros_like(image_embeds), image_embeds)
-        self.reference_state.dropped = dropped
+        self.reference_state.samples, self.reference_state.dropped = batch, dropped
         image_embeds = image_embeds.to(unet.dtype)
 
         video = noisy_latents.ndim == 5

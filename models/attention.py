@@ -14,8 +14,17 @@ unconditional, the temperature and which layers take part. Sharing a state objec
 `cross_attention_kwargs` keeps ControlNets and motion modules (which never receive those kwargs) out of the picture,
 and avoids diffusers' per-call warnings about unknown kwargs.
 
-The bank holds one row per sample (B, L, C); the layer sees B*F rows for video (batch-major, as
-`UNetMotionModel` and frame-folded image batches lay them out), so the bank is repeated over frames.
+The bank holds one row per reference (B_ref, L, C): one for a rendered video however many guidance rows and videos
+it has, one per sample in training. The UNet call's rows split into `state.samples` samples of F frames each
+(batch-major, as `UNetMotionModel` and frame-folded image batches lay them out); sample s reads bank row s % B_ref,
+so guidance rows and videos share the bank without copies of it.
+
+Reference work happens once per bank, not per frame or step. The reference tokens' keys/values are projected once
+per layer and reused by every frame, window and step while the bank stays (`ReferenceState.projected`, no-grad
+only). Inference attends over own tokens and reference tokens as two SDPA calls merged with their log-sum-exps
+(exact; the reference call takes all F frames of a sample as one query sequence, so nothing is repeated F times).
+Training (gradients need the concatenated form), masks and the xformers / sliced / dispatcher kernels concatenate
+[own ; reference] keys/values per row instead, still from the once-projected reference keys/values.
 
 Attention kernels. The processors compute attention with PyTorch SDPA by default; the pipeline switches that
 would otherwise replace them choose their kernel instead (`set_reference_kernel`): xformers
@@ -51,28 +60,60 @@ class ReferenceState:
     """State shared by the reference processors of one or two UNets.
 
     mode: used by processors installed without a fixed role ("off" | "write" | "read" | "swap").
-    bank: layer name -> banked tokens (B, L, C).
-    dropped: optional tuple of B Python bools — rows that see no reference tokens (classifier-free guidance,
-        reference dropout). Python values, so the processors decide without a device sync per layer.
+    bank: layer name -> banked tokens (B_ref, L, C).
+    samples: how many samples the reading UNet call's rows split into (rows = samples x frames); sample s reads
+        bank row s % B_ref. None: one sample per bank row.
+    dropped: optional tuple of `samples` Python bools — samples that see no reference tokens (classifier-free
+        guidance, reference dropout). Python values, so the processors decide without a device sync per layer.
     temperature: softmax temperature for swap mode: logits are divided by it (T < 1 sharpens, T > 1 flattens).
     active_layers: layer names where read/swap applies; None means all. Other layers do plain self-attention.
     stop_after: layer name whose write ends the forward pass by raising `ReferenceComplete`.
+    projected: layer name -> (banked tokens, keys, values): the bank's projections, reused while that bank stays.
     """
 
     mode: str = "off"
     bank: dict = field(default_factory=dict)
+    samples: int | None = None
     dropped: tuple | None = None
     temperature: float = 1.0
     active_layers: set | None = None
     stop_after: str | None = None
+    projected: dict = field(default_factory=dict)
 
     def clear(self) -> None:
-        self.bank = {}
-        self.dropped = None
+        self.bank, self.projected = {}, {}
+        self.samples = self.dropped = None
 
-    def repeat_bank(self, times: int) -> None:
-        """Tile the bank along the batch, e.g. twice for a [unconditional ; conditional] guidance batch."""
-        self.bank = {name: torch.cat([tokens] * times) for name, tokens in self.bank.items()}
+
+@dataclass(frozen=True)
+class _Plan:
+    """How one read/swap call's rows meet the bank: F frames per sample, which samples read which bank rows."""
+
+    samples: int
+    frames: int
+    kept: tuple  # samples that read the reference
+    bank_rows: tuple  # the bank row each kept sample reads
+
+    @property
+    def all_kept(self) -> bool:
+        return len(self.kept) == self.samples
+
+    def rows(self, kept: bool) -> list[int]:
+        """Call rows (sample-major) of the kept samples, or of the dropped ones."""
+        chosen = set(self.kept)
+        return [s * self.frames + f for s in range(self.samples) if (s in chosen) == kept for f in range(self.frames)]
+
+
+def _plan(name: str, state: ReferenceState, rows: int, bank_rows: int) -> _Plan:
+    samples = state.samples or bank_rows
+    if rows % samples or samples % bank_rows:
+        raise ValueError(f"{name}: {rows} query rows do not split into {samples} samples reading {bank_rows} "
+                         "bank rows")
+    dropped = state.dropped
+    if dropped is not None and len(dropped) != samples:
+        raise ValueError(f"{name}: dropped mask has {len(dropped)} rows for {samples} samples")
+    kept = tuple(s for s in range(samples) if dropped is None or not dropped[s])
+    return _Plan(samples, rows // samples, kept, tuple(s % bank_rows for s in kept))
 
 
 # ------------------------------------------------------------------------------------------------- kernels
@@ -107,6 +148,69 @@ def _sdpa(query, key, value, mask, scale, kernel: str, slice_size, backend):
     return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale)
 
 
+class LogSumExpUnavailable(RuntimeError):
+    """No attention kernel on this device returns log-sum-exps; the caller concatenates instead."""
+
+
+def _lse_attention(query, key, value, scale):
+    """(B, H, N, D) attention that also returns the log-sum-exp of each query's logits: (out, lse (B, H, N) fp32).
+
+    The fused kernels (CPU flash attention; CUDA flash or memory-efficient attention) return it at no extra cost
+    and never store the attention matrix.
+    """
+    aten = torch.ops.aten
+    device = query.device.type
+    try:
+        if device in ("cpu", "meta"):
+            out, lse = aten._scaled_dot_product_flash_attention_for_cpu(query, key, value, 0.0, False,
+                                                                         attn_mask=None, scale=scale)[:2]
+        elif device == "cuda" and query.dtype in (torch.float16, torch.bfloat16) and query.shape[-1] <= 256:
+            out, lse = aten._scaled_dot_product_flash_attention(query, key, value, 0.0, False, False,
+                                                                 scale=scale)[:2]
+        elif device == "cuda":
+            out, lse = aten._scaled_dot_product_efficient_attention(query, key, value, None, True, 0.0, False,
+                                                                     scale=scale)[:2]
+        else:
+            raise LogSumExpUnavailable(f"no log-sum-exp attention kernel on {device}")
+    except RuntimeError as error:  # an unsupported shape, dtype or build
+        raise LogSumExpUnavailable(str(error)) from error
+    return out, lse[..., :query.shape[2]].float()
+
+
+def merge_attention(out_a, lse_a, out_b, lse_b) -> torch.Tensor:
+    """Attention over keys A and B together, from attention over each: weights exp(lse) normalised (exact)."""
+    weight_a = torch.sigmoid(lse_a - lse_b).unsqueeze(-1)
+    return (out_b.float() + weight_a * (out_a.float() - out_b.float())).to(out_a.dtype)
+
+
+def _heads(attn: Attention, x: torch.Tensor) -> torch.Tensor:
+    """(B, N, heads*D) -> (B, heads, N, D)."""
+    return x.view(x.shape[0], -1, attn.heads, x.shape[-1] // attn.heads).transpose(1, 2)
+
+
+def _project(attn: Attention, queries_from: torch.Tensor | None, keys_from: torch.Tensor | None):
+    """Query and key/value projections in heads layout (with the layer's q/k norms); None where not asked."""
+    query = key = value = None
+    if queries_from is not None:
+        query = _heads(attn, attn.to_q(queries_from))
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+    if keys_from is not None:
+        key, value = _heads(attn, attn.to_k(keys_from)), _heads(attn, attn.to_v(keys_from))
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+    return query, key, value
+
+
+def _output(attn: Attention, out: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """(B, H, N, D) attention output -> the layer's output (B, N, C): output projection, residual, rescale."""
+    out = out.transpose(1, 2).reshape(out.shape[0], out.shape[2], -1)
+    out = attn.to_out[1](attn.to_out[0](out.to(residual.dtype)))
+    if attn.residual_connection:
+        out = out + residual
+    return out / attn.rescale_output_factor
+
+
 def attend(attn: Attention, hidden_states: torch.Tensor, context: torch.Tensor,
            attention_mask: torch.Tensor | None = None, scale: float | None = None, kernel: str = "sdpa",
            slice_size=None, backend=None) -> torch.Tensor:
@@ -115,30 +219,15 @@ def attend(attn: Attention, hidden_states: torch.Tensor, context: torch.Tensor,
     Mirrors diffusers' `AttnProcessor2_0` for 3-D inputs (the only kind transformer blocks pass), with an optional
     softmax scale and a choice of kernel (see the module docstring).
     """
-    residual = hidden_states
-    batch, _, _ = hidden_states.shape
-    query = attn.to_q(hidden_states)
-    key = attn.to_k(context)
-    value = attn.to_v(context)
-    head_dim = key.shape[-1] // attn.heads
+    query, key, value = _project(attn, hidden_states, context)
+    mask = _heads_mask(attn, attention_mask, context.shape[1], hidden_states.shape[0])
+    return _output(attn, _sdpa(query, key, value, mask, scale, kernel, slice_size, backend), hidden_states)
 
-    if attention_mask is not None:
-        attention_mask = attn.prepare_attention_mask(attention_mask, context.shape[1], batch)
-        attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
 
-    query = query.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
-    key = key.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
-    value = value.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
-    if attn.norm_q is not None:
-        query = attn.norm_q(query)
-    if attn.norm_k is not None:
-        key = attn.norm_k(key)
-    out = _sdpa(query, key, value, attention_mask, scale, kernel, slice_size, backend)
-    out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim)
-    out = attn.to_out[1](attn.to_out[0](out.to(query.dtype)))
-    if attn.residual_connection:
-        out = out + residual
-    return out / attn.rescale_output_factor
+def _heads_mask(attn: Attention, attention_mask, keys: int, batch: int):
+    if attention_mask is None:
+        return None
+    return attn.prepare_attention_mask(attention_mask, keys, batch).view(batch, attn.heads, -1, keys)
 
 
 # ------------------------------------------------------------------------------------------------- processor
@@ -181,6 +270,7 @@ class ReferenceAttnProcessor:
 
         if mode == "write":
             state.bank[self.name] = hidden_states
+            state.projected.pop(self.name, None)
             if state.stop_after == self.name:
                 raise ReferenceComplete
             return self._attend(attn, hidden_states, hidden_states, attention_mask)
@@ -189,41 +279,98 @@ class ReferenceAttnProcessor:
         active = state.active_layers is None or self.name in state.active_layers
         if mode not in ("read", "swap") or bank is None or not active:
             return self._attend(attn, hidden_states, hidden_states, attention_mask)
-
-        rows = hidden_states.shape[0]
-        if rows % bank.shape[0]:
-            raise ValueError(f"{self.name}: {rows} query rows do not split into frames of {bank.shape[0]} bank rows")
-        frames = rows // bank.shape[0]
-        reference = bank.to(hidden_states.dtype)
-        if frames > 1:
-            reference = reference.repeat_interleave(frames, dim=0)
-        if mode == "read":
-            context_of = lambda h, r: torch.cat([h, r], dim=1)  # noqa: E731
-            scale = None
-        else:
-            context_of = lambda h, r: r  # noqa: E731
-            scale = attn.scale / state.temperature
-
-        dropped = state.dropped
-        if dropped is not None and len(dropped) != bank.shape[0]:
-            raise ValueError(f"{self.name}: dropped mask has {len(dropped)} rows, bank {bank.shape[0]}")
-        if dropped is None or not any(dropped):
-            return self._attend(attn, hidden_states, context_of(hidden_states, reference), attention_mask, scale)
-        if all(dropped):
+        plan = _plan(self.name, state, hidden_states.shape[0], bank.shape[0])
+        if not plan.kept:
             return self._attend(attn, hidden_states, hidden_states, attention_mask)
-        # Mixed batch: two dense attention calls (one per group) keep the fused kernels, unlike a padding mask.
-        rows = [flag for flag in dropped for _ in range(frames)]
-        kept = torch.tensor([i for i, flag in enumerate(rows) if not flag], device=hidden_states.device)
-        gone = torch.tensor([i for i, flag in enumerate(rows) if flag], device=hidden_states.device)
-        out = torch.empty_like(hidden_states)
-        mask_kept = attention_mask.index_select(0, kept) if attention_mask is not None else None
-        mask_gone = attention_mask.index_select(0, gone) if attention_mask is not None else None
-        h_kept = hidden_states.index_select(0, kept)
-        out.index_copy_(0, kept, self._attend(attn, h_kept, context_of(h_kept, reference.index_select(0, kept)),
-                                              mask_kept, scale).to(out.dtype))
-        h_gone = hidden_states.index_select(0, gone)
-        out.index_copy_(0, gone, self._attend(attn, h_gone, h_gone, mask_gone).to(out.dtype))
-        return out
+        ref_key, ref_value = self._reference_projection(attn, bank, hidden_states.dtype)
+        scale = attn.scale / state.temperature if mode == "swap" else None
+        grad = torch.is_grad_enabled() and (hidden_states.requires_grad or attn.to_q.weight.requires_grad)
+        if attention_mask is None and self.kernel == "sdpa" and self._attention_backend is None and not grad:
+            try:
+                return self._shared(attn, hidden_states, plan, ref_key, ref_value, mode == "read", scale)
+            except LogSumExpUnavailable:
+                pass  # the concatenated form below is as exact, with per-frame copies of the reference keys
+        return self._concatenated(attn, hidden_states, attention_mask, plan, ref_key, ref_value,
+                                  mode == "read", scale)
+
+    def _reference_projection(self, attn, bank, dtype):
+        """The bank's keys/values at this layer (B_ref, H, L, D): projected once per bank, reused without grad."""
+        cached = self.state.projected.get(self.name)
+        if cached is not None and cached[0] is bank and cached[1].dtype == dtype:
+            return cached[1], cached[2]
+        _, key, value = _project(attn, None, bank.to(dtype))
+        if not torch.is_grad_enabled():
+            self.state.projected[self.name] = (bank, key, value)
+        return key, value
+
+    @staticmethod
+    def _reference_rows(tensor: torch.Tensor, bank_rows: tuple) -> torch.Tensor:
+        """Bank-row tensors for each reading sample: a broadcast view when they all read one row."""
+        if len(set(bank_rows)) == 1:
+            return tensor[bank_rows[0]:bank_rows[0] + 1].expand(len(bank_rows), *tensor.shape[1:])
+        return tensor[list(bank_rows)]
+
+    def _shared(self, attn, hidden_states, plan: _Plan, ref_key, ref_value, read: bool, scale):
+        """Two attention calls, no copies of the reference: own tokens per frame, and the reference tokens once per
+        sample with all its frames' queries as one sequence; merged by their log-sum-exps (read) or alone (swap)."""
+        query, key, value = _project(attn, hidden_states, hidden_states if read else None)
+        rows, heads, tokens, dim = query.shape
+        s, f = plan.samples, plan.frames
+        kept = list(plan.kept)
+        # (S*F, H, N, D) -> the kept samples' queries as (S_kept, H, F*N, D)
+        grouped = query.view(s, f, heads, tokens, dim)
+        grouped = (grouped if plan.all_kept else grouped[kept]).transpose(1, 2).reshape(len(kept), heads,
+                                                                                      f * tokens, dim)
+        ref_key = self._reference_rows(ref_key, plan.bank_rows)
+        ref_value = self._reference_rows(ref_value, plan.bank_rows)
+        if read:
+            own, own_lse = _lse_attention(query, key, value, None)
+            ref, ref_lse = _lse_attention(grouped, ref_key, ref_value, None)
+            ref = ref.view(len(kept), heads, f, tokens, dim).transpose(1, 2).reshape(-1, heads, tokens, dim)
+            ref_lse = ref_lse.view(len(kept), heads, f, tokens).transpose(1, 2).reshape(-1, heads, tokens)
+            if plan.all_kept:
+                out = merge_attention(own, own_lse, ref, ref_lse)
+            else:
+                index = torch.tensor(plan.rows(kept=True), device=query.device)
+                out = own.index_copy(0, index, merge_attention(own.index_select(0, index),
+                                                               own_lse.index_select(0, index), ref, ref_lse))
+            return _output(attn, out, hidden_states)
+        ref = F.scaled_dot_product_attention(grouped, ref_key, ref_value, scale=scale)
+        ref = ref.view(len(kept), heads, f, tokens, dim).transpose(1, 2).reshape(-1, heads, tokens, dim)
+        if plan.all_kept:
+            return _output(attn, ref, hidden_states)
+        out = torch.empty_like(query)
+        out[torch.tensor(plan.rows(kept=True), device=query.device)] = ref.to(out.dtype)
+        gone = torch.tensor(plan.rows(kept=False), device=query.device)
+        _, own_key, own_value = _project(attn, None, hidden_states[gone])
+        out[gone] = F.scaled_dot_product_attention(query[gone], own_key, own_value).to(out.dtype)
+        return _output(attn, out, hidden_states)
+
+    def _concatenated(self, attn, hidden_states, attention_mask, plan: _Plan, ref_key, ref_value, read: bool,
+                      scale):
+        """Per row, keys/values [own ; reference] (read) or the reference's (swap), with any kernel, mask or grad.
+        Reading and dropped samples go in two dense calls (one per group), which keeps the fused kernels."""
+        rows = hidden_states.shape[0]
+        query, key, value = _project(attn, hidden_states, hidden_states)
+        per_row = tuple(b for b in plan.bank_rows for _ in range(plan.frames))
+        ref_key, ref_value = self._reference_rows(ref_key, per_row), self._reference_rows(ref_value, per_row)
+        kept = slice(None) if plan.all_kept else torch.tensor(plan.rows(kept=True), device=query.device)
+        if read:
+            ref_key, ref_value = torch.cat([key[kept], ref_key], dim=2), torch.cat([value[kept], ref_value], dim=2)
+        mask = _heads_mask(attn, attention_mask, ref_key.shape[2], rows)
+        out_kept = self._kernel(query[kept], ref_key, ref_value, None if mask is None else mask[kept], scale)
+        if plan.all_kept:
+            return _output(attn, out_kept, hidden_states)
+        gone = torch.tensor(plan.rows(kept=False), device=query.device)
+        mask = _heads_mask(attn, attention_mask, key.shape[2], rows)
+        out = torch.empty_like(query)
+        out[kept] = out_kept.to(out.dtype)
+        out[gone] = self._kernel(query[gone], key[gone], value[gone], None if mask is None else mask[gone],
+                                 None).to(out.dtype)
+        return _output(attn, out, hidden_states)
+
+    def _kernel(self, query, key, value, mask, scale):
+        return _sdpa(query, key, value, mask, scale, self.kernel, self.slice_size, self._attention_backend)
 
 
 # ------------------------------------------------------------------------------------------------- installing

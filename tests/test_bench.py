@@ -1,8 +1,10 @@
-"""The benchmarks' CPU-side parts: the memory estimator (tiny model, fake vs real tensors) and the GPU acceptance
-run's plan, wheel list, argument parsing and report writer (the GPU parts themselves run on a GPU machine)."""
+"""The benchmarks' CPU-side parts: the memory estimator (tiny model, fake vs real tensors), the speed benchmark on a
+tiny model, and the GPU acceptance run's plan, wheel list, argument parsing and report writer (the GPU parts themselves run on a GPU machine)."""
 from __future__ import annotations
 
 import json
+
+import pytest
 
 
 def test_fake_tensor_estimate_equals_real_tensors_on_a_tiny_model():
@@ -55,3 +57,36 @@ def test_gpu_run_plan_wheels_and_report(tmp_path, capsys):
     assert "| stage 1, 512², batch 4 | ddp | 1.0 |" in md and "Failed parts: render: OutOfMemoryError" in md
     assert main(["bench", "gpu", "--out", str(tmp_path / "x")]) == 2  # no CUDA here: one clear line
     assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_speed_benchmark_counts_and_scores_on_a_tiny_model(tmp_path, monkeypatch):
+    """`marionet bench speed` on a random tiny model: cached calls cost less than full ones, the per-frame FLOPs
+    follow from the counted calls, the reference render scores identical to itself, the doc sections are written."""
+    from marionet.data.synth import generate_dataset
+    from marionet.inference import bench_speed as B
+    from marionet.models.tiny import write_tiny_model
+
+    model = write_tiny_model(tmp_path / "model", with_motion=True)
+    data = generate_dataset(tmp_path / "data", videos=1, frames=4, size=32, seed=0)
+    counted, original = [], B.call_flops
+    monkeypatch.setattr(B, "call_flops", lambda *a, **k: counted.append(original(*a, **k)) or counted[-1])
+    # The SD1.5 count runs the same `call_flops` on the meta device (slow here): stand-in per-call figures.
+    monkeypatch.setattr(B, "sd15_call_flops", lambda **kwargs: {"full": 4.0, "cached/1": 1.0, "cached/2": 2.0,
+                                                                "cached/3": 3.0})
+    cached = B._s("ddim-25 cache 3/2", "ddim", 25, 3, 2)
+    report = B.run(model, data, [B.REFERENCE, B.BASELINE, cached], videos=1, frames=4, context=4,
+                   progress=lambda *a: None)
+    counts = counted[0]
+    assert counts["cached/1"] < counts["cached/2"] < counts["cached/3"] < counts["full"]
+    rows = {r["label"]: r for r in report["rows"]}
+    assert rows["ddim-50"]["psnr_vs_ddim50"] == 99.0 and rows["ddim-25"]["flops_vs_ddim25"] == 1.0
+    c = rows[cached.label]
+    assert c["calls"] == {"full": 9, "cached": 16}  # steps 0, 3, ..., 24 full; one window
+    assert c["sd15_tflop_per_frame"] * 1e12 == pytest.approx((9 * 4.0 + 16 * 2.0) / 24)
+    assert c["model_gflop_per_frame"] * 1e9 == pytest.approx((9 * counts["full"] + 16 * counts["cached/2"]) / 4)
+    assert c["uncached"] == "ddim-25" and 0 < c["psnr_vs_uncached"] <= 99 and c["flops_vs_uncached"] < 1
+    doc = tmp_path / "bench.md"
+    doc.write_text("<!-- speed:table -->\n<!-- /speed:table -->\n<!-- speed:goals -->\nold\n<!-- /speed:goals -->\n")
+    assert B.update_docs(report, [doc]) == [str(doc)]
+    text = doc.read_text()
+    assert "| ddim-25 cache 3/2 | ddim | 25 | 3/2 |" in text and "old" not in text

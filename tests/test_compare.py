@@ -166,8 +166,12 @@ def test_method_spec_grammar(tmp_path):
             parse_method(bad)
     with pytest.raises(CompareError, match="missing option 'controlnet'"):
         build_method("zs=zero-shot:base=/sd,ip_adapter=/f,image_encoder=/e")
-    with pytest.raises(CompareError, match="unknown option 'steps'"):
-        build_method("p=pose-only:model=/m,steps=3")
+    with pytest.raises(CompareError, match="unknown option 'guidance'"):
+        build_method("p=pose-only:model=/m,guidance=3")
+    with pytest.raises(CompareError, match="unknown scheduler 'plms'"):
+        build_method("ours=trained:model=/m,scheduler=plms")
+    with pytest.raises(CompareError, match="step cache interval"):
+        build_method("ours=trained:model=/m,step_cache=0")
     from marionet.models.loading import MissingWeightsError
 
     with pytest.raises(MissingWeightsError, match="method ours"):

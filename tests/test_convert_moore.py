@@ -99,7 +99,6 @@ def test_video_with_guidance_equals_their_forward(release, tiny_parts):
     ref_latents, embeds, latents, pose = _inputs(batch=1, frames=4)
     with torch.no_grad():
         animator.encode_reference(ref_latents, embeds)
-        animator.reference_state.repeat_bank(2)
         features = animator.encode_pose(pose)
         ours = animator.denoise(torch.cat([latents, latents]), 300, torch.cat([embeds, embeds]),
                                 torch.cat([features, features]), drop_reference=torch.tensor([True, False]))

@@ -92,7 +92,6 @@ def plain_loop(pipe, reference, poses, steps, guidance, seed):
     ref_latents, embeds = pipe.encode_reference_latents(reference, SIZE, SIZE), pipe.encode_image(reference)
     animator = pipe.animator
     animator.encode_reference(ref_latents, embeds)
-    animator.reference_state.repeat_bank(2)
     pose = torch.from_numpy(poses).permute(3, 0, 1, 2)[None].float() / 255.0  # (1, 3, F, H, W)
     features = animator.encode_pose(pose)
     with torch.no_grad():
@@ -164,7 +163,7 @@ def test_batched_guidance_equals_sequential_rows(video_pipe, pose_scale):
 
     cond = Conditioning(embeds, features, rows, 3.0, pose_scale)
     with torch.no_grad():
-        pipe.write_reference_bank(ref_latents, embeds, len(rows))
+        pipe.write_reference_bank(ref_latents, embeds)
         batched = pipe.predict_window(latents, 500, cond, [0, 1, 2, 3])
         sequential = []
         for dropped, use_pose in rows:

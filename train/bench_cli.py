@@ -1,4 +1,4 @@
-"""`marionet bench memory|gpu`: figures from benchmarks that live in the package (the script-style benchmarks are
+"""`marionet bench memory|gpu|speed`: figures from benchmarks that live in the package (the script-style benchmarks are
 `python train/bench.py`, `python inference/bench.py`, `python -m marionet.data.bench`)."""
 from __future__ import annotations
 
@@ -9,6 +9,12 @@ def _memory(args) -> int:
     from . import memory
 
     return memory.run(args)
+
+
+def _speed(args) -> int:
+    from ..inference import bench_speed
+
+    return bench_speed.main(args)
 
 
 def _gpu(args) -> int:
@@ -45,3 +51,22 @@ def register(subparsers) -> None:
                      help="only download/build the wheels the GPU image lacks into DIR (run where pip has network)")
     gpu.add_argument("--python-version", default="3.12", help="the GPU machine's Python (for --prepare-wheels)")
     gpu.set_defaults(func=_gpu)
+    speed = kinds.add_parser(
+        "speed", help="UNet FLOPs, time and quality of each solver / step-cache setting on trained models",
+        description="Per setting (solver, steps, step cache): UNet FLOPs per frame counted at SD1.5 size on the "
+                    "meta device and on the measured model, wall time relative to DDIM-25 in the same run, and "
+                    "quality on held-out videos against the ground truth and against a DDIM-50 render of the same "
+                    "model and seed. See marionet/inference/bench_speed.py.")
+    speed.add_argument("--demo", help="a `marionet demo` output folder: its stage-2 model and held-out videos")
+    speed.add_argument("--model", help="model folder (instead of the demo's stage-2 model)")
+    speed.add_argument("--data", help="held-out meta.json or shards (instead of the demo's)")
+    speed.add_argument("--videos", type=int, default=2, help="held-out videos (default 2)")
+    speed.add_argument("--frames", type=int, default=16, help="frames per video (default 16)")
+    speed.add_argument("--context", type=int, default=16, help="context window (default 16)")
+    speed.add_argument("--guidance", type=float, default=3.5, help="reference guidance (default 3.5)")
+    speed.add_argument("--seed", type=int, default=0)
+    speed.add_argument("--quick", action="store_true", help="five settings only (a smoke test)")
+    speed.add_argument("--out", help="write the report as JSON here (e.g. docs/speed.json)")
+    speed.add_argument("--update-docs", action="store_true",
+                       help="rewrite the speed tables in README.md and docs/benchmarks.md from this run")
+    speed.set_defaults(func=_speed)

@@ -159,8 +159,10 @@ def train_step_figures(case, steps: int = 3) -> dict:
 
 
 def render_figures(frames: int = 24, height: int = 768, width: int = 512, steps: int = 25, dtype: str = "fp16",
-                   channels_last: bool = False, compile_blocks: bool = False, sdpa: str | None = None) -> dict:
-    """Seconds and peak memory of a render at SD1.5 size, with one variant switched on."""
+                   channels_last: bool = False, compile_blocks: bool = False, sdpa: str | None = None,
+                   fast: bool = False) -> dict:
+    """Seconds and peak memory of a render at SD1.5 size, with one variant switched on (fast: the `--fast`
+    preset's solver, steps and step cache)."""
     import contextlib
 
     import numpy as np
@@ -172,6 +174,11 @@ def render_figures(frames: int = 24, height: int = 768, width: int = 512, steps:
     parts = dict(_components())
     pipe = PoseToVideoPipeline(**parts).to("cuda", torch_dtype)
     pipe.set_progress_bar_config(disable=True)
+    if fast:
+        from ..inference import speed
+
+        speed.apply(pipe, speed.FAST)
+        steps = speed.FAST.steps
     if channels_last:
         for unet in (pipe.reference_unet, pipe.denoising_unet):
             unet.to(memory_format=torch.channels_last)
@@ -191,11 +198,12 @@ def render_figures(frames: int = 24, height: int = 768, width: int = 512, steps:
         seconds = _timed(lambda: pipe(reference, poses, num_inference_steps=steps, guidance_scale=3.5,
                                       generator=torch.Generator().manual_seed(0), output_type="latent"), 1)
     allocated = torch.cuda.max_memory_allocated()
+    pipe.disable_step_cache()  # the components are shared with the next parts
     pipe.to("cpu", torch.float32)
     estimate = _inference_estimate(dtype, frames, height, width)
     return {"render": f"{frames} frames {width}x{height}, {steps} steps, {dtype}"
                       + (", channels_last" if channels_last else "") + (", compiled blocks" if compile_blocks else "")
-                      + (f", SDPA {sdpa}" if sdpa else ""),
+                      + (f", SDPA {sdpa}" if sdpa else "") + (", fast preset" if fast else ""),
             "seconds": round(seconds, 2), "s_per_frame": round(seconds / frames, 3),
             "max_allocated_gib": round(allocated / 2**30, 2), "estimate_gib": round(estimate / 2**30, 2)}
 
@@ -209,7 +217,7 @@ def plan(quick: bool = False) -> list[tuple[str, dict]]:
     parts += [("train", {"case": TrainCase(1, 512, 4, checkpointing=True)}),
               ("train", {"case": TrainCase(1, 768, 4, checkpointing=True)}),
               ("train", {"case": TrainCase(2, 512, 1, 24, checkpointing=True, frozen_half=True)})]
-    parts += [("render", {}), ("render", {"dtype": "bf16"})]
+    parts += [("render", {}), ("render", {"fast": True}), ("render", {"dtype": "bf16"})]
     if not quick:  # compilation changes the shared modules for good: last
         parts += [("render", {"channels_last": True}), ("render", {"sdpa": "flash_attention"}),
                   ("render", {"sdpa": "efficient_attention"}), ("render", {"compile_blocks": True})]

@@ -19,7 +19,8 @@ sharded gradients, fp32 master weights and states) and its CPU optimizer offload
 (one model resident at a time, plus the VAE, as the offload order keeps it).
 
 FLOPs: `torch.utils.flop_counter` on the meta device (the fake CPU SDPA kernel reports none), forward + backward for a
-training sample, the UNet passes per generated frame for inference.
+training sample, the UNet passes per generated frame for inference; `FLOP_FORMULAS` adds the CPU flash-attention
+kernel that the reference attention calls directly for its log-sum-exps (torch counts only the CUDA kernels).
 
     marionet bench memory --quick                     # the cases the README's table quotes (~4 min on 2 cores)
     marionet bench memory --out docs/memory.json --update-docs   # all cases (~12 min); rewrites the tables
@@ -37,6 +38,19 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+
+def _attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+FLOP_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _attention_flops}
+
+
+def flop_counter() -> FlopCounterMode:
+    """`FlopCounterMode` that also counts the attention kernels marionet calls directly."""
+    return FlopCounterMode(display=False, custom_mapping=FLOP_FORMULAS)
 
 GIB = 2 ** 30
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -320,8 +334,6 @@ def track_training(case: TrainCase, sd15: bool = True, fake: bool = True) -> Tra
 
 def training_flops(case: TrainCase, sd15: bool = True) -> float:
     """FLOPs of one training sample: frozen encoders + forward + backward (meta device, no memory)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     # FLOPs do not depend on dtypes, and CPU autocast does not reach meta tensors: count in fp32
     case = TrainCase(case.stage, case.resolution, case.batch, case.frames, "fp32", case.checkpointing)
     animator, frozen = build_training(case, sd15)
@@ -330,7 +342,7 @@ def training_flops(case: TrainCase, sd15: bool = True) -> float:
     animator.train()
     with torch.device("meta"), _quiet():
         batch = training_batch(case, frozen.image_encoder.config.image_size)
-        with FlopCounterMode(display=False) as counter:
+        with flop_counter() as counter:
             _Loss(animator, frozen, case.precision, "meta")(batch).backward()
     return counter.get_total_flops() / case.batch
 
@@ -413,8 +425,7 @@ def track_inference(case: InferenceCase, sd15: bool = True) -> dict:
 
         embeds = phase("encode", lambda: pipe.encode_image(reference))
         ref_latents = phase("encode", lambda: pipe.encode_reference_latents(reference, case.height, case.width))
-        phase("reference", lambda: pipe.write_reference_bank(ref_latents, embeds,
-                                                             len(rows) if case.batch_rows else 1))
+        phase("reference", lambda: pipe.write_reference_bank(ref_latents, embeds))
         kept = list(pipe.animator.reference_state.bank.values())
         bank = sum(t.numel() * t.element_size() for t in kept)
         cond = Conditioning(embeds, phase("pose", lambda: pipe.encode_pose(poses)), rows, case.guidance, None,
@@ -438,9 +449,9 @@ def track_inference(case: InferenceCase, sd15: bool = True) -> dict:
 
 
 def inference_flops(case: InferenceCase, steps: int = 25, sd15: bool = True) -> dict:
-    """UNet FLOPs per generated frame (denoising at `steps` steps, all windows) and the once-per-video parts."""
+    """UNet FLOPs per generated frame (denoising at `steps` steps, all windows) and the once-per-video parts (the
+    ReferenceNet and the projection of its bank, counted as the first window's extra)."""
     import numpy as np
-    from torch.utils.flop_counter import FlopCounterMode
 
     from ..inference.pipeline import Conditioning
     from ..inference.sampling import frame_windows, guidance_rows
@@ -454,16 +465,20 @@ def inference_flops(case: InferenceCase, steps: int = 25, sd15: bool = True) -> 
     with torch.device("meta"), torch.no_grad(), _quiet():
         embeds = pipe.encode_image(reference)
         ref_latents = pipe.encode_reference_latents(reference, case.height, case.width)
-        with FlopCounterMode(display=False) as once:
-            pipe.write_reference_bank(ref_latents, embeds, len(rows))
+        with flop_counter() as once:
+            pipe.write_reference_bank(ref_latents, embeds)
         cond = Conditioning(embeds, pipe.encode_pose(poses), rows, case.guidance, None)
         latents = torch.empty(1, 4, window, case.height // 8, case.width // 8)
-        with FlopCounterMode(display=False) as per_window:
+        with flop_counter() as first_window:
             pipe.predict_window(latents, torch.tensor(500), cond, list(range(window)))
-        with FlopCounterMode(display=False) as decode:  # decode_latents would copy to the CPU: its VAE call
+        with flop_counter() as per_window:
+            pipe.predict_window(latents, torch.tensor(500), cond, list(range(window)))
+        with flop_counter() as decode:  # decode_latents would copy to the CPU: its VAE call
             pipe.vae.decode(torch.empty(1, 4, case.height // 8, case.width // 8, dtype=pipe.vae.dtype))
+        pipe.animator.reference_state.clear()
+    projection = first_window.get_total_flops() - per_window.get_total_flops()
     return {"denoise_tflop_per_frame": per_window.get_total_flops() * len(windows) * steps / case.frames / 1e12,
-            "reference_tflop_per_video": once.get_total_flops() / 1e12,
+            "reference_tflop_per_video": (once.get_total_flops() + projection) / 1e12,
             "decode_tflop_per_frame": decode.get_total_flops() / 1e12, "steps": steps}
 
 
@@ -551,25 +566,9 @@ def markdown_tables(report: dict) -> dict[str, str]:
 def update_docs(report: dict, files=("README.md", "docs/benchmarks.md")) -> list[str]:
     """Replace the text between `<!-- memory:NAME -->` and `<!-- /memory:NAME -->` in `files` by the tables
     (NAME: training, inference, fits); returns the files changed."""
-    import re
-    from pathlib import Path
+    from ..markers import replace_marked
 
-    from ..atomic import write_text
-
-    tables = {**markdown_tables(report), "fits": fits_table(report)}
-    changed = []
-    for name in files:
-        path = Path(name)
-        if not path.is_file():
-            continue
-        text = original = path.read_text()
-        for key, table in tables.items():
-            text = re.sub(rf"(<!-- memory:{key} -->\n)(?:.*?\n)?(<!-- /memory:{key} -->)",
-                          lambda m, t=table: m.group(1) + t + "\n" + m.group(2), text, flags=re.S)
-        if text != original:
-            write_text(path, text)
-            changed.append(str(path))
-    return changed
+    return replace_marked(files, {**markdown_tables(report), "fits": fits_table(report)}, "memory")
 
 
 FITS = [  # (target, case label, option, card GiB, shipped config)
