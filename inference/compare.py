@@ -371,13 +371,14 @@ def _render_checked(method: Method, clip: Clip, steps: int, seed: int) -> tuple[
 def run_comparison(data, methods, out_dir, videos: int | None = None, frames: int | None = None, size=None,
                    steps: int = 20, seed: int = 0, ref_frame: int = 0, lpips=None, fvd=None, device=None,
                    overwrite: bool = False, progress: bool = True, grid_frames: int = 8,
-                   speed: speed_settings.Speed | None = None) -> dict:
+                   speed: speed_settings.Speed | None = None, claims=()) -> dict:
     """Render every clip with every method, score it, and write the report folder `out_dir`; returns the report.
 
     data: a meta.json or shards (or a list of `Clip`s); methods: `Method` objects and/or 'NAME=SPEC' strings;
     size: 'WxH' or (w, h) to resize all frames (default: the videos' own size); lpips / fvd: local weight paths
     (see inference.metrics.load_lpips / load_i3d) or None, in which case the report says they were not computed.
     speed: the solver and step cache of every SPEC-built method (default DDIM, no caching); SPECs may override it.
+    claims: `report.Claim`s (orderings between methods) checked on paired per-video differences.
     """
     from . import report as R
 
@@ -399,6 +400,9 @@ def run_comparison(data, methods, out_dir, videos: int | None = None, frames: in
         raise CompareError("no methods to compare (give at least one --method NAME=SPEC)")
     if len(set(names)) != len(names):
         raise CompareError(f"method names must be unique, got {names}")
+    unknown = sorted({n for c in claims for n in (c.better, c.worse)} - set(names))
+    if unknown:
+        raise CompareError(f"claims name methods that are not compared: {', '.join(unknown)}")
     small = [c.video_id for c in clips if min(c.truth.shape[1:3]) < M.SSIM_WINDOW]
     if small:
         raise CompareError(f"video {small[0]}: frames must be at least {M.SSIM_WINDOW}x{M.SSIM_WINDOW} pixels (SSIM)")
@@ -454,7 +458,7 @@ def run_comparison(data, methods, out_dir, videos: int | None = None, frames: in
             "frames": frames, "size": list(parse_size(size)) if size else None, "steps": steps, "seed": seed,
             "speed": (speed or speed_settings.Speed()).as_dict(), "ref_frame": ref_frame, "device": device or "cpu", "lpips_weights": str(lpips) if lpips else None,
             "fvd_weights": str(fvd) if fvd else None, "std": "population standard deviation over videos (ddof=0)",
-        }, lpips_given=bool(lpips), fvd_given=bool(fvd))
+        }, lpips_given=bool(lpips), fvd_given=bool(fvd), claims=claims)
         R.write_report_files(temp, report, clips, built, lambda i, k: np.load(renders / f"{i}_{k}.npy"),
                              grid_frames=grid_frames)
         shutil.rmtree(renders)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from . import speed as speed_settings
 
@@ -64,6 +65,12 @@ def register(subparsers) -> None:
     demo.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     demo.add_argument("--quick", action="store_true", help="tiny step counts: a smoke test of every phase")
     demo.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    demo.add_argument("--update-readme", action="store_true",
+                      help="write the README's demo table (means, 95%% intervals, claimed orderings) and "
+                           "docs/images/demo_grid.png from this run's report (run from the repository root)")
+    demo.add_argument("--from", dest="from_dirs", action="append", metavar="DEMO_DIR",
+                      help="with --update-readme: take earlier runs' folders instead of running the demo (the table "
+                           "from the first; repeat it to state the spread between runs)")
     demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="override a demo setting (see inference/demo.py DemoSettings), e.g. --set stage1_steps=400")
     demo.set_defaults(func=run_demo)
@@ -112,7 +119,16 @@ def run_demo(args) -> int:
 
     from ..errors import UserError
 
-    from .demo import DemoSettings, run_demo as demo
+    from .demo import DemoSettings, run_demo as demo, update_readme
+
+    if args.from_dirs:
+        if not args.update_readme:
+            raise UserError("--from DEMO_DIR is only used with --update-readme")
+        for folder in args.from_dirs:
+            if not (Path(folder) / "report" / "report.json").is_file():
+                raise UserError(f"{folder}: no report/report.json (not a finished demo folder)")
+        print("updated " + (", ".join(update_readme(args.from_dirs)) or "nothing (no <!-- demo:table --> marker)"))
+        return 0
 
     fields = {f.name: f for f in dataclasses.fields(DemoSettings)}
     overrides = {}
@@ -127,4 +143,6 @@ def run_demo(args) -> int:
         except ValueError:
             raise UserError(f"--set {item!r}: {value!r} is not a valid {type(default).__name__}") from None
     demo(args.out, quick=args.quick, overwrite=args.overwrite, **overrides)
+    if args.update_readme:
+        print("updated " + (", ".join(update_readme(args.out)) or "nothing (no <!-- demo:table --> marker)"))
     return 0

@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 
 
 @dataclass
@@ -27,8 +29,9 @@ class DemoSettings:
     size: int = 64                       # frame size in pixels (square)
     train_videos: int = 32
     train_frames: int = 48
-    heldout_videos: int = 6
+    heldout_videos: int = 12             # scored only: no choice (settings, checkpoints) is made on them
     heldout_frames: int = 24
+    validation_videos: int = 2           # training validation and the stage-0 check: puppets of their own
     # stage 0: tiny autoencoder (4x downsampling -> 16x16 latents at 64 px)
     vae_channels: tuple = (16, 32, 32)
     vae_norm_groups: int = 4             # 4 channels per group: per-channel GroupNorm would erase colour
@@ -52,24 +55,30 @@ class DemoSettings:
     stage2_lr: float = 5e-4
     frame_noise_correlation: float = 1.0  # stage 2 noise prior: frames share their noise, as the image model's do
     # comparison
-    compare_videos: int = 6
+    compare_videos: int = 12
     compare_frames: int = 16
     inference_steps: int = 20
     seed: int = 0
 
 
-QUICK = dict(train_videos=4, train_frames=24, heldout_videos=2, heldout_frames=12, vae_steps=30,
+QUICK = dict(train_videos=4, train_frames=24, heldout_videos=2, heldout_frames=12, validation_videos=1, vae_steps=30,
              stage1_steps=10, stage1_batch=2, stage2_steps=4, stage2_batch=1, stage2_frames=4,
-             compare_videos=1, compare_frames=4, inference_steps=3)
+             compare_videos=2, compare_frames=4, inference_steps=3)
 
 METHOD_ORDER = ("trained-stage2", "trained-stage1", "zero-shot", "pose-only")
 
 
-class PhaseClock:
-    """Elapsed time per phase, printed as each one ends."""
+# Each phase's share of a full run's time on the 2-core development machine (data, stage 0, stage 1, stage 2,
+# compare), for the ETA printed after each phase.
+PHASE_SHARES = (0.01, 0.21, 0.47, 0.12, 0.19)
 
-    def __init__(self):
+
+class PhaseClock:
+    """Elapsed time per phase, printed as each one ends, with an ETA for the rest from PHASE_SHARES."""
+
+    def __init__(self, shares=PHASE_SHARES):
         self.phases: dict[str, float] = {}
+        self.shares = shares
         self._start = time.perf_counter()
 
     def run(self, name: str, work):
@@ -77,7 +86,10 @@ class PhaseClock:
         start = time.perf_counter()
         result = work()
         self.phases[name] = round(time.perf_counter() - start, 1)
-        print(f"-- {name}: {self.phases[name]:.1f} s", flush=True)
+        done = sum(self.shares[:len(self.phases)])
+        left = sum(self.shares[len(self.phases):])
+        eta = f"; about {self.total * left / done:.0f} s to go" if left and done else ""
+        print(f"-- {name}: {self.phases[name]:.1f} s (total {self.total:.0f} s{eta})", flush=True)
         return result
 
     @property
@@ -85,14 +97,17 @@ class PhaseClock:
         return round(time.perf_counter() - self._start, 1)
 
 
-def make_data(settings: DemoSettings, out: Path) -> tuple[Path, Path]:
+def make_data(settings: DemoSettings, out: Path) -> tuple[Path, Path, Path]:
+    """Training, validation and held-out puppets (three seeds: no puppet or motion in two sets)."""
     from ..data.synth import generate_dataset
 
     train = generate_dataset(out / "data" / "train", settings.train_videos, settings.train_frames, settings.size,
                              seed=settings.seed)
+    validation = generate_dataset(out / "data" / "validation", settings.validation_videos, settings.heldout_frames,
+                                  settings.size, seed=settings.seed + 2000)
     heldout = generate_dataset(out / "data" / "heldout", settings.heldout_videos, settings.heldout_frames,
                                settings.size, seed=settings.seed + 1000)
-    return Path(train), Path(heldout)
+    return Path(train), Path(validation), Path(heldout)
 
 
 def load_frames(meta: Path, every: int = 1):
@@ -104,7 +119,7 @@ def load_frames(meta: Path, every: int = 1):
     return np.concatenate([read_video(entry["video_path"])[::every] for entry in load_index(meta)])
 
 
-def make_base(settings: DemoSettings, train_meta: Path, heldout_meta: Path, out: Path) -> dict:
+def make_base(settings: DemoSettings, train_meta: Path, validation_meta: Path, out: Path) -> dict:
     """Tiny base folder in the SD1.5 layout, with an autoencoder fitted to the puppets (stage 0)."""
     import torch
     from diffusers import AutoencoderKL
@@ -124,8 +139,8 @@ def make_base(settings: DemoSettings, train_meta: Path, heldout_meta: Path, out:
     losses = fit_autoencoder(vae, frames, steps=settings.vae_steps, batch_size=settings.vae_batch, lr=3e-3,
                              seed=settings.seed, crop_size=settings.vae_crop)
     scaling = set_latent_scaling(vae, frames[::5])
-    psnr = reconstruction_psnr(vae, load_frames(heldout_meta))
-    print(f"stage 0: autoencoder reconstruction PSNR on held-out frames: {psnr:.2f} dB "
+    psnr = reconstruction_psnr(vae, load_frames(validation_meta))
+    print(f"stage 0: autoencoder reconstruction PSNR on validation frames: {psnr:.2f} dB "
           f"({len(losses)} steps, latent scaling factor {scaling:.3f})")
     parts["vae"] = vae
     base = out / "base"
@@ -134,13 +149,13 @@ def make_base(settings: DemoSettings, train_meta: Path, heldout_meta: Path, out:
             "final_loss": round(losses[-1], 4)}
 
 
-def train_stage(stage: int, settings: DemoSettings, out: Path, train_meta: Path, heldout_meta: Path):
+def train_stage(stage: int, settings: DemoSettings, out: Path, train_meta: Path, validation_meta: Path):
     from ..train.config import load_config
     from ..train.core import run
 
     common = [
         f"output_dir={out / f'stage{stage}'}", f"seed={settings.seed}", "tiny.enabled=false",
-        f"model.base_model={out / 'base'}", f"data.meta={train_meta}", f"data.validation_meta={heldout_meta}",
+        f"model.base_model={out / 'base'}", f"data.meta={train_meta}", f"data.validation_meta={validation_meta}",
         f"data.image_size={settings.size}", "data.synthetic_videos=0", "log_every=25",
     ]
     if stage == 1:
@@ -172,6 +187,26 @@ def train_stage(stage: int, settings: DemoSettings, out: Path, train_meta: Path,
             "steps": len(losses)}
 
 
+# What each method stands for (one line per method in the report and the README).
+METHOD_LABELS = {
+    "trained-stage2": "trained-stage2 (motion modules, video)",
+    "trained-stage1": "trained-stage1 (frame by frame)",
+    "zero-shot": "zero-shot (attention swap on the trained backbone, reference dropped)",
+    "pose-only": "pose-only (reference dropped: no appearance; the floor)",
+}
+
+
+def demo_claims():
+    """The orderings the demo is run to show, each tested on paired per-video differences (95% interval)."""
+    from .report import Claim
+
+    claims = [Claim(a, b, metric) for a, b in (("trained-stage2", "zero-shot"), ("trained-stage1", "zero-shot"),
+                                               ("zero-shot", "pose-only")) for metric in ("psnr", "ssim")]
+    claims.append(Claim("trained-stage2", "trained-stage1", "temporal"))
+    claims.append(Claim("trained-stage2", "trained-stage1", "psnr", margin=-0.2))  # loses at most 0.2 dB
+    return claims
+
+
 def compare(settings: DemoSettings, out: Path, heldout_meta: Path) -> dict:
     from .compare import run_comparison
 
@@ -180,7 +215,62 @@ def compare(settings: DemoSettings, out: Path, heldout_meta: Path) -> dict:
                f"zero-shot=zero-shot:model={stage1}", f"pose-only=pose-only:model={stage1}"]
     return run_comparison(heldout_meta, methods, out / "report", videos=settings.compare_videos,
                           frames=settings.compare_frames, steps=settings.inference_steps, seed=settings.seed,
-                          overwrite=True)
+                          overwrite=True, claims=demo_claims())
+
+
+def _run_line(report: dict, summary: dict) -> str:
+    s = report["settings"]
+    return (f"{s['videos']} held-out videos x {s['frames']} frames, {s['steps']} DDIM steps, seed {s['seed']}; "
+            f"{summary.get('cpu_threads', '?')} CPU cores, {summary.get('torch_threads', '?')} torch threads, torch "
+            f"{report['software'].get('torch')}, {summary.get('total_s', '?')} s in all")
+
+
+def _load_run(demo_dir: Path) -> tuple[dict, dict]:
+    report = json.loads((demo_dir / "report" / "report.json").read_text())
+    summary = json.loads((demo_dir / "demo.json").read_text()) if (demo_dir / "demo.json").is_file() else {}
+    return report, summary
+
+
+def spread(runs: list[tuple[dict, dict]], metrics=("psnr", "ssim", "temporal")) -> str:
+    """How far the runs' per-method means moved (max - min over runs, worst method), and which claims held in all."""
+    reports = [r for r, _ in runs]
+    moved = {m: max(max(r["methods"][name][m]["mean"] for r in reports) - min(r["methods"][name][m]["mean"]
+                                                                          for r in reports)
+                    for name in reports[0]["methods"]) for m in metrics}
+    held = [c["claim"] for c in reports[0].get("claims", [])
+            if all(next((d for d in r.get("claims", []) if d["claim"] == c["claim"]), {}).get("holds") for r in reports)]
+    total = len(reports[0].get("claims", []))
+    lines = [f"Spread over {len(runs)} separate runs (" + "; ".join(f"run {i + 1}: {_run_line(r, s)}" for i, (r, s)
+                                                                  in enumerate(runs)) + "): a "
+             f"method's mean moved by at most {moved['psnr']:.2f} dB PSNR, {moved['ssim']:.4f} SSIM and "
+             f"{moved['temporal']:.4f} temporal error between runs; {len(held)} of {total} claimed orderings held in "
+             "every run" + (": " + "; ".join(held) if held else "") + "."]
+    return "\n".join(lines)
+
+
+def update_readme(demo_dirs, files=("README.md", "docs/benchmarks.md"), grid="docs/images/demo_grid.png") -> list[str]:
+    """Write the README's demo section (table with 95% intervals, claimed orderings, run line, and the spread over
+    all given runs) and the grid, from the first run's report.json; nothing in it is typed by hand."""
+    from ..atomic import atomic_path
+    from ..markers import replace_marked
+    from .report import claims_table, summary_table
+
+    demo_dirs = [Path(d) for d in ([demo_dirs] if isinstance(demo_dirs, (str, Path)) else demo_dirs)]
+    runs = [_load_run(d) for d in demo_dirs]
+    report, summary = runs[0]
+    section = (f"Run: {_run_line(report, summary)}. Each figure: mean over the held-out videos and its 95% interval "
+               "(Student's t).\n\n" + summary_table(report, labels=METHOD_LABELS) + "\n\nThe orderings the demo "
+               "claims, on paired per-video differences (better minus worse, in the metric's good direction):\n\n"
+               + claims_table(report))
+    if len(runs) > 1:
+        section += "\n\n" + spread(runs)
+    changed = replace_marked(files, {"table": section}, "demo")
+    grids = sorted((demo_dirs[0] / "report" / "grids").glob("*.png"))
+    if grids and Path(grid).parent.is_dir():
+        with atomic_path(Path(grid)) as temp:
+            shutil.copyfile(grids[0], temp)
+        changed.append(str(grid))
+    return changed
 
 
 def run_demo(out_dir, quick: bool = False, overwrite: bool = False, **overrides) -> dict:
@@ -195,18 +285,20 @@ def run_demo(out_dir, quick: bool = False, overwrite: bool = False, **overrides)
     out.mkdir(parents=True, exist_ok=True)
     settings = DemoSettings(**{**(QUICK if quick else {}), **overrides})
     clock = PhaseClock()
-    train_meta, heldout_meta = clock.run("data: synthetic puppets", lambda: make_data(settings, out))
-    stage0 = clock.run("stage 0: tiny autoencoder", lambda: make_base(settings, train_meta, heldout_meta, out))
+    train_meta, validation_meta, heldout_meta = clock.run("data: synthetic puppets", lambda: make_data(settings, out))
+    stage0 = clock.run("stage 0: tiny autoencoder", lambda: make_base(settings, train_meta, validation_meta, out))
     stage1 = clock.run("stage 1: ReferenceNet + denoising UNet + Pose Guider",
-                       lambda: train_stage(1, settings, out, train_meta, heldout_meta))
-    stage2 = clock.run("stage 2: motion modules", lambda: train_stage(2, settings, out, train_meta, heldout_meta))
+                       lambda: train_stage(1, settings, out, train_meta, validation_meta))
+    stage2 = clock.run("stage 2: motion modules", lambda: train_stage(2, settings, out, train_meta, validation_meta))
     report = clock.run("compare on held-out puppets", lambda: compare(settings, out, heldout_meta))
 
     summary = {"settings": dataclasses.asdict(settings), "quick": quick, "stage0": stage0, "stage1": stage1,
                "stage2": stage2, "phases_s": clock.phases, "total_s": clock.total,
                "report": str(out / "report" / "report.md"), "cpu_threads": os.cpu_count(),
+               "torch_threads": torch.get_num_threads(),
                "results": {name: {metric: report["methods"][name][metric]["mean"]
-                                  for metric in ("psnr", "ssim", "temporal")} for name in report["methods"]}}
+                                  for metric in ("psnr", "ssim", "temporal")} for name in report["methods"]},
+               "claims": report["claims"]}
     (out / "demo.json").write_text(json.dumps(summary, indent=2) + "\n")
     print("\n" + (out / "report" / "report.md").read_text())
     print("elapsed per phase: " + ", ".join(f"{k} {v:.0f} s" for k, v in clock.phases.items())

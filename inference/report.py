@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import platform
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +58,7 @@ def software_versions() -> dict:
 
 
 def build_report(clips, methods, per_video: dict, fvd_values: dict, timings: dict, load_seconds: dict, settings: dict,
-                 lpips_given: bool, fvd_given: bool) -> dict:
+                 lpips_given: bool, fvd_given: bool, claims=()) -> dict:
     """{"methods": {NAME: {metric: {"mean", "std", "n"}, "fvd": {"value"}, ...}}, "per_video": {VIDEO: {NAME:
     {metric: value}}}, "videos": [...], "settings", "definitions", "software", "notes"}."""
     report_methods = {}
@@ -95,15 +96,65 @@ def build_report(clips, methods, per_video: dict, fvd_values: dict, timings: dic
         "definitions": DEFINITIONS,
         "software": software_versions(),
         "notes": notes,
+        "claims": check_claims(per_video, claims),
     }
 
+
+
+# Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (beyond: the normal's 1.96).
+_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def ci95(values) -> list | None:
+    """95% confidence interval of the mean (Student's t, sample std with ddof=1); None for fewer than 2 values."""
+    values = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    if len(values) < 2:
+        return None
+    t = _T95[len(values) - 2] if len(values) - 1 <= len(_T95) else 1.96
+    half = t * values.std(ddof=1) / np.sqrt(len(values))
+    return [float(values.mean() - half), float(values.mean() + half)]
 
 
 def _summary(values) -> dict:
     values = [v for v in values if v is not None]
     if not values:
-        return {"mean": None, "std": None, "n": 0}
-    return {"mean": float(np.mean(values)), "std": float(np.std(values)), "n": len(values)}
+        return {"mean": None, "std": None, "n": 0, "ci95": None}
+    return {"mean": float(np.mean(values)), "std": float(np.std(values)), "n": len(values), "ci95": ci95(values)}
+
+
+@dataclass(frozen=True)
+class Claim:
+    """An ordering a comparison is run to test: `better` beats `worse` on `metric` by more than `margin` (in the
+    metric's own direction; a negative margin allows a loss of at most -margin), on the paired per-video
+    differences: it holds when the 95% interval of the mean paired difference lies entirely beyond the margin."""
+    better: str
+    worse: str
+    metric: str
+    margin: float = 0.0
+
+    def text(self) -> str:
+        relation = "<" if not HIGHER_IS_BETTER[self.metric] else ">"
+        extra = f" (margin {self.margin:+g})" if self.margin else ""
+        return f"{self.better} {relation} {self.worse} on {LABELS[self.metric]}{extra}"
+
+
+def check_claims(per_video: dict, claims) -> list[dict]:
+    """Paired differences (better - worse, sign-flipped for lower-is-better metrics) over the videos both have."""
+    results = []
+    for claim in claims:
+        sign = 1.0 if HIGHER_IS_BETTER[claim.metric] else -1.0
+        diffs = [sign * (scores[claim.better][claim.metric] - scores[claim.worse][claim.metric])
+                 for scores in per_video.values()
+                 if claim.better in scores and claim.worse in scores
+                 and scores[claim.better].get(claim.metric) is not None
+                 and scores[claim.worse].get(claim.metric) is not None]
+        interval = ci95(diffs)
+        results.append({"claim": claim.text(), "better": claim.better, "worse": claim.worse, "metric": claim.metric,
+                        "margin": claim.margin, "n": len(diffs),
+                        "mean_difference": float(np.mean(diffs)) if diffs else None, "ci95": interval,
+                        "holds": bool(interval is not None and interval[0] > claim.margin)})
+    return results
 
 
 def _jsonable(value):
@@ -140,6 +191,39 @@ def _cell(value, std, digits: int) -> str:
 DIGITS = {"psnr": 2, "psnr_star": 2, "ssim": 4, "temporal": 4, "lpips": 4, "fvd": 1, "seconds_per_frame": 3}
 
 
+def _interval(ci, digits: int) -> str:
+    return "n/a" if ci is None else f"[{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+
+
+def claims_table(report: dict) -> str:
+    """The claimed orderings: paired mean difference, its 95% interval, and whether the interval clears the margin."""
+    lines = ["| claim | videos | mean paired difference | 95% interval | holds |", "|---|---|---|---|---|"]
+    for c in report.get("claims", []):
+        digits = DIGITS[c["metric"]]
+        mean = "n/a" if c["mean_difference"] is None else f"{c['mean_difference']:+.{digits}f}"
+        lines.append(f"| {c['claim']} | {c['n']} | {mean} | {_interval(c['ci95'], digits)} | "
+                     f"{'yes' if c['holds'] else '**no**'} |")
+    return "\n".join(lines)
+
+
+def summary_table(report: dict, metrics=("psnr", "ssim", "temporal", "psnr_star"), labels: dict | None = None) -> str:
+    """Mean and 95% interval per method (the demo's README table)."""
+    labels = labels or {}
+    arrow = {m: "↑" if HIGHER_IS_BETTER[m] else "↓" for m in metrics}
+    best = best_methods(report)
+    lines = ["| method | " + " | ".join(f"{LABELS[m]} {arrow[m]} (95% interval)" for m in metrics) + " |",
+             "|---|" + "---|" * len(metrics)]
+    for name, entry in report["methods"].items():
+        cells = []
+        for m in metrics:
+            block = entry[m]
+            text = "n/a" if block["mean"] is None else (f"{block['mean']:.{DIGITS[m]}f} "
+                                                        f"{_interval(block.get('ci95'), DIGITS[m])}")
+            cells.append(f"**{text}**" if name in best.get(m, ()) else text)
+        lines.append(f"| {labels.get(name, name)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def render_markdown(report: dict, images: dict) -> str:
     best = best_methods(report)
     arrow = {m: "↑" if HIGHER_IS_BETTER[m] else "↓" for m in METRICS}
@@ -159,6 +243,8 @@ def render_markdown(report: dict, images: dict) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if report["notes"]:
         lines += [""] + [f"- {note}" for note in report["notes"]]
+    if report.get("claims"):
+        lines += ["", "## Claimed orderings", "", claims_table(report)]
     lines += ["", "## Definitions", ""] + [f"- **{LABELS[k]}**: {v}" for k, v in report["definitions"].items()]
     lines += ["", "## Methods", ""]
     for name, entry in report["methods"].items():

@@ -67,7 +67,7 @@ def test_stand_in_methods_give_hand_computed_metrics_and_every_artefact(tmp_path
         assert noisy["temporal"] == pytest.approx(0.0, abs=1e-12)
         assert noisy["psnr_star"] == pytest.approx(noisy_psnr, abs=1e-9)  # |d| < 16: no wrap-around yet
     assert report["methods"]["noisy-truth"]["psnr"] == {"mean": pytest.approx(noisy_psnr), "std": pytest.approx(0.0),
-                                                        "n": 2}
+                                                        "n": 2, "ci95": pytest.approx([noisy_psnr, noisy_psnr])}
     assert report["methods"]["copy-ref"]["lpips"]["note"] == "not computed: weights not supplied"
     assert report["methods"]["copy-ref"]["fvd"] == {"value": None, "note": "not computed: weights not supplied"}
     assert report["settings"]["steps"] == 3 and report["settings"]["seed"] == 7
@@ -260,3 +260,26 @@ def test_stock_zero_shot_spec_on_tiny_folders(tmp_path, tiny_parts, synth_data):
     assert first.dtype == np.uint8 and first.shape == clip.truth.shape
     assert np.array_equal(method.render(clip.reference, clip.poses, 1, 0), first)
     assert not np.array_equal(method.render(np.ascontiguousarray(clip.reference[::-1]), clip.poses, 1, 0), first)
+
+
+def test_intervals_and_paired_claims_by_hand():
+    from marionet.inference.report import Claim, check_claims, ci95, claims_table
+
+    low, high = ci95([1.0, 2.0, 3.0])  # mean 2, sample std 1, t(2) = 4.303
+    assert (low, high) == (pytest.approx(2 - 4.303 / 3 ** 0.5), pytest.approx(2 + 4.303 / 3 ** 0.5))
+    assert ci95([5.0]) is None
+    # a beats b by 1 dB on every video: holds however large the spread between videos; c vs b alternates
+    per_video = {f"v{i}": {"a": {"psnr": 10.0 + 3 * i + 1, "temporal": 0.1}, "b": {"psnr": 10.0 + 3 * i,
+                                                                                   "temporal": 0.2},
+                           "c": {"psnr": 10.0 + 3 * i + (1 if i % 2 else -1), "temporal": 0.1}} for i in range(6)}
+    claims = [Claim("a", "b", "psnr"), Claim("c", "b", "psnr"), Claim("a", "b", "temporal"),
+              Claim("b", "a", "psnr", margin=-0.5)]
+    results = check_claims(per_video, claims)
+    assert [r["holds"] for r in results] == [True, False, True, False]
+    assert results[0]["mean_difference"] == pytest.approx(1.0) and results[0]["ci95"] == pytest.approx([1.0, 1.0])
+    assert results[2]["mean_difference"] == pytest.approx(0.1)  # lower is better: sign flipped
+    table = claims_table({"claims": results})
+    assert "| a > b on PSNR (dB) | 6 | +1.00 | [1.00, 1.00] | yes |" in table and "**no**" in table
+    with pytest.raises(CompareError, match="not compared: x"):
+        run_comparison(_hand_clips(), [CopyReference()], "/nonexistent/r", claims=[Claim("x", "copy-ref", "psnr")],
+                       progress=False)

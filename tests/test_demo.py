@@ -35,3 +35,17 @@ def test_fit_autoencoder_learns_and_scaling_gives_unit_variance_latents():
         x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1
         latents = vae.encode(x).latent_dist.mean * factor
     assert abs(latents.std().item() - 1.0) < 1e-3
+
+
+def test_spread_between_runs_and_claims_held_in_every_run():
+    from marionet.inference.demo import spread
+
+    def run(psnr, holds):
+        methods = {"a": {m: {"mean": v} for m, v in (("psnr", psnr), ("ssim", 0.3), ("temporal", 0.01))},
+                   "b": {m: {"mean": v} for m, v in (("psnr", 12.0), ("ssim", 0.2), ("temporal", 0.02))}}
+        claims = [{"claim": "a > b on PSNR (dB)", "holds": holds}, {"claim": "a > b on SSIM", "holds": True}]
+        return {"methods": methods, "claims": claims, "settings": {"videos": 2, "frames": 4, "steps": 3, "seed": 0},
+                "software": {"torch": "x"}}, {"cpu_threads": 2, "torch_threads": 1, "total_s": 9}
+
+    text = spread([run(14.0, True), run(14.5, False)])
+    assert "at most 0.50 dB PSNR" in text and "1 of 2 claimed orderings held in every run: a > b on SSIM." in text

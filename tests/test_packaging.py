@@ -89,6 +89,17 @@ def test_fresh_venv_outside_the_repository_runs_the_demo(wheel, tmp_path):
     assert "stage 2" in (out / "stage2" / "model" / "README.md").read_text()  # the model card
     assert any((out / "stage1" / "logs").rglob("events.out.tfevents*"))  # TensorBoard logs
     assert "report.md" in result.stdout and "total" in result.stdout
+    assert {c["claim"] for c in report["claims"]} >= {"trained-stage2 > zero-shot on PSNR (dB)",
+                                                      "trained-stage2 < trained-stage1 on Temporal err"}
+    # the README's demo section is written from a run's report, not typed
+    (work / "README.md").write_text("intro\n<!-- demo:table -->\nSTALE TEXT\n<!-- /demo:table -->\nend\n")
+    (work / "docs" / "images").mkdir(parents=True)
+    updated = run(str(venv / "bin" / "marionet"), "demo", "--update-readme", "--from", str(out))
+    assert updated.returncode == 0, updated.stderr
+    readme = (work / "README.md").read_text()
+    assert "STALE TEXT" not in readme and "95% interval" in readme
+    assert "| trained-stage2 (motion modules, video) |" in readme
+    assert (work / "docs" / "images" / "demo_grid.png").is_file()
     # the demo never overwrites silently
     again = run(str(venv / "bin" / "marionet"), "demo", "--quick", "--out", str(out))
     assert again.returncode == 2 and "exists" in again.stderr
