@@ -9,6 +9,7 @@ next video. Localhost only unless `--host` says otherwise; nothing is downloaded
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,7 +26,9 @@ from .cli import _extract_poses, read_poses, read_reference
 from .io import round_size, side_by_side, write_outputs
 from .sampling import to_uint8
 
+logger = logging.getLogger(__name__)
 DEVICE = "device"  # every job shares one concurrency group: one at a time on the device
+DEFAULT = "default"  # the scheduler widget's "the command's default, or the fast preset's" value
 
 
 class Cancelled(Exception):
@@ -106,11 +109,15 @@ class MarionetApp:
                 return path
         raise UserError(f"{self.out}: no free output name")
 
-    def _speed(self, scheduler, step_cache, fast, steps) -> speed_settings.Speed:
-        base = speed_settings.FAST if fast else speed_settings.Speed()
+    def _speed(self, scheduler, step_cache, fast, steps, default_steps: int) -> speed_settings.Speed:
+        """The speed widgets, as the CLI reads its switches: a widget left at "default" (0) takes the preset's value
+        with fast ticked, the command's default otherwise."""
+        base = speed_settings.FAST if fast else speed_settings.Speed(steps=default_steps)
         try:
-            return speed_settings.Speed(scheduler or base.scheduler, int(step_cache or base.cache_interval),
-                                        base.cache_skips, int(steps) if steps else base.steps).validate()
+            return speed_settings.Speed(
+                base.scheduler if scheduler in (None, DEFAULT) else scheduler,
+                int(step_cache) if step_cache else base.cache_interval, base.cache_skips,
+                int(steps) if steps else base.steps).validate()
         except ValueError as error:
             raise UserError(str(error)) from None
 
@@ -153,7 +160,7 @@ class MarionetApp:
             poses, fps = read_poses(pose)
         if not 0 <= int(overlap) < int(context):
             raise UserError(f"--overlap must be in [0, --context), got {overlap}")
-        speed = self._speed(scheduler, step_cache, fast, None if fast and int(steps) == 25 else steps)
+        speed = self._speed(scheduler, step_cache, fast, steps, 25)
         path = self.model(model_label)
         pipe = self.jobs.pipeline("animate", str(path), lambda: PoseToVideoPipeline.from_pretrained(
             path, torch_dtype=self.dtype).to(self.device))
@@ -185,7 +192,7 @@ class MarionetApp:
                                       swap_layers=swap_layers, swap_steps=parse_swap_steps(swap_steps)).validate()
         except ValueError as error:
             raise UserError(str(error)) from None
-        speed = self._speed(scheduler, step_cache, fast, None if fast and int(steps) == 25 else steps)
+        speed = self._speed(scheduler, step_cache, fast, steps, 25)
         if backbone == "trained":
             path = self.model(model_label)
             key, load = ("trained", str(path)), lambda: ZeroShotPoseTransferPipeline.from_model_folder(
@@ -230,7 +237,7 @@ class MarionetApp:
             raise UserError("give the held-out data: a meta.json or a folder of WebDataset shards")
         if not specs:
             raise UserError("no methods to compare (pick models or write NAME=SPEC lines)")
-        speed = self._speed(scheduler, step_cache, fast, None if fast and int(steps) == 20 else steps)
+        speed = self._speed(scheduler, step_cache, fast, steps, 20)
         context = {"device": self.device, "speed": speed_settings.Speed(speed.scheduler, speed.cache_interval,
                                                                         speed.cache_skips)}
         try:
@@ -284,16 +291,27 @@ def _guarded(work):
         except (FileNotFoundError, ValueError, OSError) as error:  # anything the readers did not wrap
             raise gr.Error(str(error).splitlines()[0] if str(error) else type(error).__name__,
                            print_exception=False) from None
+        except TypeError:  # a number field left empty reaches int()/float() as None
+            raise gr.Error("a number field is empty: fill it in (0 where it says so means the default)",
+                           print_exception=False) from None
+        except Exception as error:  # noqa: BLE001 - the app keeps serving; the console keeps the traceback
+            logger.exception("unexpected error in the app")
+            raise gr.Error(f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''} (the "
+                           "traceback is in the app's console)", print_exception=False) from None
     return run
 
 
 def _speed_inputs(prefix: str, default_steps: int):
+    """Steps, scheduler, step cache and the fast preset; 0 / "default" mean the command's default (with fast ticked:
+    the preset's value), as the CLI's switches do."""
     with gr.Row():
-        steps = gr.Number(default_steps, precision=0, label=f"steps ({speed_settings.FAST.steps} with fast)",
+        steps = gr.Number(0, precision=0, label=f"steps (0 = {default_steps}; {speed_settings.FAST.steps} with fast)",
                           elem_id=f"{prefix}-steps")
-        scheduler = gr.Dropdown(list(speed_settings.SCHEDULER_NAMES), value="ddim", label="scheduler",
+        scheduler = gr.Dropdown([DEFAULT, *speed_settings.SCHEDULER_NAMES], value=DEFAULT,
+                                label=f"scheduler (default: ddim; {speed_settings.FAST.scheduler} with fast)",
                                 elem_id=f"{prefix}-scheduler")
-        step_cache = gr.Number(1, precision=0, label="step cache: full pass every N steps (1 = off)",
+        step_cache = gr.Number(0, precision=0, label="step cache: full pass every N steps (0 = off; "
+                                                     f"{speed_settings.FAST.cache_interval} with fast)",
                                elem_id=f"{prefix}-step-cache")
         fast = gr.Checkbox(False, label=f"fast preset ({speed_settings.FAST.describe()})", elem_id=f"{prefix}-fast")
     return steps, scheduler, step_cache, fast

@@ -132,7 +132,10 @@ def run_animate(args) -> int:
         pipe = PoseToVideoPipeline.from_pretrained(args.model, torch_dtype=dtype)
     except MissingWeightsError as error:
         raise UserError(str(error)) from None
-    speed_settings.apply(pipe, speed)
+    try:
+        speed_settings.apply(pipe, speed)
+    except ValueError as error:  # e.g. more step-cache skips than this UNet has
+        raise UserError(str(error)) from None
     if args.low_memory and device == "cuda":
         pipe.enable_model_cpu_offload()
     else:

@@ -123,7 +123,10 @@ class PipelineMethod:
         if self.pipe is None:
             self.pipe = self.load()
             if self.speed is not None:
-                speed_settings.apply(self.pipe, self.speed)
+                try:
+                    speed_settings.apply(self.pipe, self.speed)
+                except ValueError as error:  # e.g. more step-cache skips than this UNet has
+                    raise CompareError(f"method {self.name}: {error}") from None
 
     def release(self) -> None:
         self.pipe = None

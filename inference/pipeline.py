@@ -287,25 +287,26 @@ class PoseToVideoPipeline(SamplingMixin, DiffusionPipeline):
                                 self.max_context_frames)
 
         # 3. Once per video: the CLIP token, the reference latent and its ReferenceNet bank, the Pose Guider features.
+        # (From here on the bank is cleared whatever happens: it holds every banked layer's activations.)
         image_embeds = self.encode_image(reference)
         ref_latents = self.encode_reference_latents(reference, height, width)
-        self.write_reference_bank(ref_latents, image_embeds)
-        cond = Conditioning(image_embeds, self.encode_pose(poses), rows, guidance_scale, pose_guidance_scale,
-                            batch_guidance_rows)
-
-        # 4. Timesteps, on a fresh copy of the saved (training) schedule.
-        scheduler = sampling_scheduler(self.scheduler)
-        scheduler.set_timesteps(num_inference_steps, device=device)
-
-        # 5. Initial noise.
-        latents = self.prepare_latents(num_videos_per_prompt, num_frames, height, width, generator, latents,
-                                       reroll_mask, reroll_seed) * scheduler.init_noise_sigma
-
-        # 6. Extra scheduler-step arguments.
-        step_kwargs = scheduler_step_kwargs(scheduler, generator, eta)
-
-        # 7. Denoising loop over the context windows.
         try:
+            self.write_reference_bank(ref_latents, image_embeds)
+            cond = Conditioning(image_embeds, self.encode_pose(poses), rows, guidance_scale, pose_guidance_scale,
+                                batch_guidance_rows)
+
+            # 4. Timesteps, on a fresh copy of the saved (training) schedule.
+            scheduler = sampling_scheduler(self.scheduler)
+            scheduler.set_timesteps(num_inference_steps, device=device)
+
+            # 5. Initial noise.
+            latents = self.prepare_latents(num_videos_per_prompt, num_frames, height, width, generator, latents,
+                                           reroll_mask, reroll_seed) * scheduler.init_noise_sigma
+
+            # 6. Extra scheduler-step arguments.
+            step_kwargs = scheduler_step_kwargs(scheduler, generator, eta)
+
+            # 7. Denoising loop over the context windows.
             latents = self.denoise(latents, scheduler.timesteps, scheduler, windows,
                                    lambda i, t, frames, sample: self.predict_window(sample, t, cond, frames, i),
                                    step_kwargs, callback_on_step_end, callback_on_step_end_tensor_inputs)

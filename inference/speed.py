@@ -88,7 +88,7 @@ def from_arguments(args) -> Speed:
 def from_options(options: dict, base: Speed) -> Speed:
     """A compare SPEC's speed options (scheduler=, step_cache=, step_cache_skips=, steps=, fast=1) over `base`."""
     if str(options.get("fast", "0")).lower() in ("1", "true", "yes", "on"):
-        base = Speed(FAST.scheduler, FAST.cache_interval, FAST.cache_skips, FAST.steps)
+        base = FAST
     speed = Speed(scheduler=options.get("scheduler", base.scheduler),
                   cache_interval=int(options.get("step_cache", base.cache_interval)),
                   cache_skips=int(options.get("step_cache_skips", base.cache_skips)),

@@ -135,10 +135,9 @@ class StepCache:
         self._layers = 0
 
     def attach(self, *models) -> "StepCache":
-        for model in models:
-            if model is None or model in self.models:
-                continue
-            deep, boundary = partition(model, self.skips)
+        models = [m for m in models if m is not None and m not in self.models]
+        parts = [partition(model, self.skips) for model in models]  # all checked before any hook is registered
+        for model, (deep, boundary) in zip(models, parts):
             for module in deep + ([boundary] if boundary is not None else []):
                 registry = HookRegistry.check_if_exists_or_initialize(module)
                 registry.register_hook(_LayerHook(self, self._layers, module is boundary), HOOK_NAME)

@@ -157,7 +157,10 @@ def run_zero_shot(args) -> int:
                 pipe.set_ip_adapter_scale(args.ip_adapter_scale)
     except (MissingWeightsError, OSError, ValueError) as error:
         raise UserError(str(error).splitlines()[0]) from None
-    speed_settings.apply(pipe, speed)
+    try:
+        speed_settings.apply(pipe, speed)
+    except ValueError as error:  # e.g. more step-cache skips than this UNet has
+        raise UserError(str(error)) from None
     if device != "cpu":
         pipe.to(device)
     loaded = time.perf_counter()

@@ -166,3 +166,20 @@ def test_compare_flags_and_spec_options_reach_every_method(files, tmp_path, seen
                     ("euler", (2, 2), 2)]
     settings = json.loads((out / "report.json").read_text())
     assert settings["settings"]["speed"]["scheduler"] == "dpm++"
+
+
+def test_too_many_step_cache_skips_is_one_line(files, tmp_path, capsys):
+    assert main(["animate", "--model", str(files / "image_model"), "--ref", str(files / "ref.png"),
+                 "--pose", str(files / "pose.mp4"), "--out", str(tmp_path / "o.mp4"), "--steps", "2",
+                 "--step-cache", "2", "--step-cache-skips", "99"]) == 2
+    assert "skips must be between 1 and" in capsys.readouterr().err
+
+
+def test_app_speed_widgets_read_like_the_cli():
+    from marionet.inference.app import DEFAULT, MarionetApp
+
+    app = MarionetApp()
+    fast = app._speed(DEFAULT, 0, True, 0, 25)  # widgets left at their defaults, fast ticked: the preset
+    assert fast == S.FAST
+    assert app._speed(DEFAULT, 0, False, 0, 25) == S.Speed(steps=25)  # nothing ticked: DDIM-25, no caching
+    assert app._speed("unipc", 3, True, 12, 25) == S.Speed("unipc", 3, S.FAST.cache_skips, 12)  # explicit wins
