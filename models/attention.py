@@ -164,17 +164,28 @@ def _lse_attention(query, key, value, scale):
         if device in ("cpu", "meta"):
             out, lse = aten._scaled_dot_product_flash_attention_for_cpu(query, key, value, 0.0, False,
                                                                          attn_mask=None, scale=scale)[:2]
-        elif device == "cuda" and query.dtype in (torch.float16, torch.bfloat16) and query.shape[-1] <= 256:
-            out, lse = aten._scaled_dot_product_flash_attention(query, key, value, 0.0, False, False,
-                                                                 scale=scale)[:2]
         elif device == "cuda":
-            out, lse = aten._scaled_dot_product_efficient_attention(query, key, value, None, True, 0.0, False,
-                                                                     scale=scale)[:2]
+            out, lse = _cuda_lse_attention(query, key, value, scale)
         else:
             raise LogSumExpUnavailable(f"no log-sum-exp attention kernel on {device}")
     except RuntimeError as error:  # an unsupported shape, dtype or build
         raise LogSumExpUnavailable(str(error)) from error
     return out, lse[..., :query.shape[2]].float()
+
+
+_FLASH_UNAVAILABLE: set = set()  # (device index, dtype) where the flash kernel refused (e.g. pre-Ampere GPUs)
+
+
+def _cuda_lse_attention(query, key, value, scale):
+    """CUDA: flash attention for half precision where it runs, else memory-efficient attention (any dtype)."""
+    aten = torch.ops.aten
+    where = (query.device.index, query.dtype)
+    if query.dtype in (torch.float16, torch.bfloat16) and query.shape[-1] <= 256 and where not in _FLASH_UNAVAILABLE:
+        try:
+            return aten._scaled_dot_product_flash_attention(query, key, value, 0.0, False, False, scale=scale)[:2]
+        except RuntimeError:
+            _FLASH_UNAVAILABLE.add(where)
+    return aten._scaled_dot_product_efficient_attention(query, key, value, None, True, 0.0, False, scale=scale)[:2]
 
 
 def merge_attention(out_a, lse_a, out_b, lse_b) -> torch.Tensor:
