@@ -35,7 +35,7 @@ SCHEDULERS = {
 
 assert tuple(SCHEDULERS) == SCHEDULER_NAMES  # the CLI offers these names without importing diffusers
 
-# What a solver must carry over from the training schedule (checked by the tests, reported by `bench speed`).
+# What a solver must carry over from the training schedule (checked key by key in tests/test_speed.py).
 TRAINED_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "prediction_type",
                 "rescale_betas_zero_snr", "timestep_spacing", "steps_offset")
 

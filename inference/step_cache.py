@@ -129,7 +129,7 @@ class StepCache:
         self.interval, self.skips = int(interval), int(skips)
         self.models: list[torch.nn.Module] = []
         self.kept: dict = {}
-        self.recorded: dict = {}  # call key -> the step it was last recorded at
+        self.recorded: set = set()  # call keys with kept features
         self.phase, self.key = "off", None
         self.full_calls = self.cached_calls = 0
         self._layers = 0
@@ -156,7 +156,7 @@ class StepCache:
 
     def reset(self) -> None:
         """Forget the kept features (at the start and end of each video)."""
-        self.kept, self.recorded = {}, {}
+        self.kept, self.recorded = {}, set()
         self.phase, self.key = "off", None
 
     def is_full(self, step: int) -> bool:
@@ -172,7 +172,7 @@ class StepCache:
         finally:
             self.phase, self.key = "off", None
         if full:
-            self.recorded[key] = step
+            self.recorded.add(key)
             self.full_calls += 1
         else:
             self.cached_calls += 1

@@ -5,18 +5,8 @@ import torch
 
 from marionet.inference.step_cache import StepCache, partition
 from marionet.train.memory import flop_counter
-from tests.test_inference import build_pipeline, sample_inputs
+from tests.test_inference import image_pipe, sample_inputs, video_pipe  # noqa: F401 - fixtures (this module's own)
 from tests.test_zero_shot import images, stock_parts, zero_shot_pipe
-
-
-@pytest.fixture(scope="module")
-def video_pipe(tiny_parts):
-    return build_pipeline(tiny_parts, with_motion=True)
-
-
-@pytest.fixture(scope="module")
-def image_pipe(tiny_parts):
-    return build_pipeline(tiny_parts, with_motion=False)
 
 
 def render(pipe, steps=6, **kwargs):
