@@ -463,8 +463,10 @@ def generate_dataset(out_dir, videos: int, frames: int, size: int, seed: int, fp
         name = video_id(seed, index)
         video, poses, keypoints = render_video(seed, index, frames, size, fps, hands)
         # Files without a meta.json are leftovers of an interrupted run with the same seed: safe to replace.
-        write_video(out / "videos" / f"{name}.mp4", video, fps, overwrite=True, preset="veryfast")
-        write_video(out / "poses" / f"{name}.mp4", poses, fps, overwrite=True, preset="veryfast")
+        # Stored exactly (RGB, lossless): a lossy encode of the same frames is not the same from run to run (x264's
+        # decisions vary; decoded pixels moved by up to 29 levels between two runs here), and the data must be.
+        write_video(out / "videos" / f"{name}.mp4", video, fps, overwrite=True, preset="veryfast", exact=True)
+        write_video(out / "poses" / f"{name}.mp4", poses, fps, overwrite=True, preset="veryfast", exact=True)
         save_keypoints(out / "keypoints" / f"{name}.json", keypoints, size, size, fps)
         entries.append({"video_id": name, "video_path": f"videos/{name}.mp4", "pose_path": f"poses/{name}.mp4",
                         "keypoints_path": f"keypoints/{name}.json", "num_frames": frames, "fps": float(fps),

@@ -198,7 +198,8 @@ def _as_frame(frame, label: str) -> np.ndarray:
 
 
 def write_video(path, frames: Iterable[np.ndarray], fps: float, crf: int = 18, overwrite: bool = False,
-                keyframe_interval: int | None = None, preset: str = "medium", lossless: bool = False) -> Path:
+                keyframe_interval: int | None = None, preset: str = "medium", lossless: bool = False,
+                exact: bool = False) -> Path:
     """Write uint8 (H, W, 3) frames (an array or any iterable, streamed) as an H.264 yuv420p mp4, atomically.
 
     Encoded by PyAV's bundled FFmpeg (libx264), so no separate ffmpeg binary is needed. Keyframes come every
@@ -210,6 +211,9 @@ def write_video(path, frames: Iterable[np.ndarray], fps: float, crf: int = 18, o
     written ones after the yuv420p conversion, exactly, on every run. Lossy encodes of identical frames are not
     always byte-identical from run to run (x264's decisions vary; seen on tiny frames here), so a lossless file is
     what to compare bit for bit.
+    exact=True stores the RGB frames themselves (libx264rgb, qp 0: no colour conversion, no chroma subsampling), so
+    every reader decodes exactly the given frames on any machine; for data sets (the synthetic puppets), not for
+    viewing: browsers and many players only play yuv420p.
     yuv420p needs even sizes: an odd width or height is padded by repeating the last column/row, so the file is
     one pixel larger on that side. Refuses to replace an existing file unless overwrite=True. Returns the path.
     """
@@ -228,11 +232,12 @@ def write_video(path, frames: Iterable[np.ndarray], fps: float, crf: int = 18, o
                     frame = np.pad(frame, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
                 if stream is None:
                     size = (frame.shape[1], frame.shape[0])
-                    stream = container.add_stream("libx264", rate=rate)
-                    stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+                    stream = container.add_stream("libx264rgb" if exact else "libx264", rate=rate)
+                    stream.width, stream.height = size
+                    stream.pix_fmt = "rgb24" if exact else "yuv420p"
                     stream.codec_context.gop_size = int(gop)
-                    stream.options = {"qp": "0", "preset": preset} if lossless else {"crf": str(int(crf)),
-                                                                                   "preset": preset}
+                    stream.options = {"qp": "0", "preset": preset} if lossless or exact else {"crf": str(int(crf)),
+                                                                                             "preset": preset}
                 elif (frame.shape[1], frame.shape[0]) != size:
                     raise ValueError(f"{path}: frame {count} has size {frame.shape[1]}x{frame.shape[0]}, "
                                      f"expected {size[0]}x{size[1]}")

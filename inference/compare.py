@@ -208,7 +208,13 @@ def _zero_shot(spec: MethodSpec, context: dict) -> Method:
         return render_zero_shot(pipe, reference, poses, num_inference_steps=steps, seed=seed,
                                 guidance_scale=guidance, options=method_options)
 
-    settings = {"kind": spec.kind, "backbone": "sd15" if stock else "trained", **options, "guidance": guidance,
+    if stock:
+        backbone = "sd15"
+    else:
+        from ..models.animator import has_reference_net
+
+        backbone = "trained" if has_reference_net(options["model"]) else "stock model folder"
+    settings = {"kind": spec.kind, "backbone": backbone, **options, "guidance": guidance,
                 **speed.as_dict()}
     return PipelineMethod(spec.name, load, call, settings, speed=speed)
 

@@ -17,14 +17,16 @@ SPEC_HELP = """\
 A method is NAME=SPEC. NAME labels it in the report (letters, digits, '-', '_', '.'). SPEC is KIND:KEY=VALUE,... or
 a bare model folder (short for trained:model=FOLDER). Kinds:
   trained:model=DIR[,guidance=G]            a marionet model folder (stage 1 renders frame by frame, a folder with
-                                            motion_adapter/ renders the video with its temporal layers)
+                                            motion_adapter/ renders the video with its temporal layers; a stock
+                                            folder, trained with model.reference_net=false, sees the CLIP token only)
   zero-shot:base=DIR,controlnet=DIR,ip_adapter=FILE,image_encoder=DIR[,guidance=G]
                                             training-free baseline: SD1.5 folder + openpose ControlNet + IP-Adapter
-  zero-shot:model=DIR[,guidance=G]          the same cross-image-attention baseline on a trained marionet backbone
+  zero-shot:model=DIR[,guidance=G]          the same cross-image-attention baseline on a marionet model folder (a
+                                            stock folder: with the source's CLIP token as the image prompt)
       either zero-shot form also takes the method's switches (see `marionet zero-shot --help`):
       temperature=T, layers=all|encoder|mid|decoder[:DIVISORS with ';' between divisors], source_noise=random|
       previous-target|previous-source, swap_steps=START:END, swap=off
-  pose-only:model=DIR                       the trained model with the reference dropped (no reference tokens, zero
+  pose-only:model=DIR                       a model folder with the reference dropped (no reference tokens, zero
                                             CLIP token): the lower bound showing how much appearance a method transfers
 Every kind also takes speed options, over the command's --scheduler/--step-cache/--fast: scheduler=ddim|dpm++|
 unipc|euler, step_cache=N, step_cache_skips=K, steps=S, fast=1 (the --fast preset).
@@ -59,9 +61,11 @@ def register(subparsers) -> None:
     demo = subparsers.add_parser(
         "demo", help="offline CPU demo: synthetic data -> stage 0/1/2 training -> zero-shot vs trained comparison",
         description="Generate synthetic puppet videos, train tiny models (stage 0 autoencoder, stage 1, stage 2) "
-                    "through the real training core, and compare trained-stage2, trained-stage1, zero-shot and "
-                    "pose-only on held-out puppets. No downloads, no GPU. About 15 minutes on 2 CPU cores; "
-                    "--quick takes a few minutes and its numbers mean nothing.")
+                    "and a stock model without ReferenceNet through the real training core, and compare "
+                    "trained-stage2, trained-stage1, zero-shot (on the stock model), stock and pose-only on held-out "
+                    "puppets, with 95% intervals and the claimed orderings. No downloads, no GPU. About 15 minutes "
+                    "on 2 CPU cores; --quick takes under a minute and its numbers mean nothing. Settings are chosen "
+                    "with --set score=validation (scores the validation puppets instead).")
     demo.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     demo.add_argument("--quick", action="store_true", help="tiny step counts: a smoke test of every phase")
     demo.add_argument("--overwrite", action="store_true", help="replace an existing output folder")

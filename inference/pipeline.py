@@ -35,7 +35,7 @@ from diffusers import DiffusionPipeline, UNet2DConditionModel, UNetMotionModel
 from diffusers.utils import logging
 from diffusers.video_processor import VideoProcessor
 
-from ..models.animator import Animator
+from ..models.animator import Animator, has_reference_net
 from ..models.loading import (MissingWeightsError, clip_image_processor_class, load_image_encoder, offline_kwargs,
                               require_dir)
 from ..models.motion import to_motion_unet
@@ -63,7 +63,7 @@ class Conditioning:
 def check_model_folder(path) -> Path:
     """The model folder, or MissingWeightsError naming the first missing component."""
     root = require_dir(path, "model folder", must_contain=())
-    for name in REQUIRED_COMPONENTS:
+    for name in REQUIRED_COMPONENTS[0 if has_reference_net(root) else 1:]:  # a stock model has no reference_unet
         require_dir(root / name, f"model folder {root} is missing its {name} component", must_contain=())
     if not (root / "model_index.json").is_file():
         raise MissingWeightsError(f"model folder {root} has no model_index.json (write one with "
@@ -78,10 +78,12 @@ class PoseToVideoPipeline(SamplingMixin, DiffusionPipeline):
     image_encoder (CLIP vision with projection), feature_extractor, scheduler (the training schedule). A
     `motion_adapter` given to the constructor is merged into the denoising UNet (with per-frame GroupNorm) and not
     kept as a separate module; `save_pretrained` splits it out again into the model folder layout.
+    reference_unet is None for a stock model (`models.animator`): then the CLIP token is the only appearance input
+    and guidance runs over it alone.
     """
 
     model_cpu_offload_seq = "image_encoder->reference_unet->pose_guider->denoising_unet->vae"
-    _optional_components = ["motion_adapter"]
+    _optional_components = ["motion_adapter", "reference_unet"]
     _callback_tensor_inputs = ["latents"]
 
     def __init__(self, reference_unet, denoising_unet, pose_guider, vae, image_encoder, feature_extractor,
@@ -177,6 +179,9 @@ class PoseToVideoPipeline(SamplingMixin, DiffusionPipeline):
             "feature_extractor": lambda p: clip_image_processor_class().from_pretrained(p, **offline_kwargs()),
             "scheduler": lambda p: getattr(diffusers, scheduler_class).from_pretrained(p, **offline_kwargs()),
         }
+        if not has_reference_net(root):
+            loaders.pop("reference_unet")
+            components.setdefault("reference_unet", None)
         if (root / "motion_adapter").is_dir():
             loaders["motion_adapter"] = lambda p: MotionAdapter.from_pretrained(p, **weights)
         for name, load in loaders.items():
@@ -197,13 +202,6 @@ class PoseToVideoPipeline(SamplingMixin, DiffusionPipeline):
                                    card={"produced_by": "PoseToVideoPipeline.save_pretrained", **card_fields})
 
     # --------------------------------------------------------------------------------------------- conditions
-    @torch.no_grad()
-    def encode_image(self, reference: np.ndarray) -> torch.Tensor:
-        """CLIP image embedding of the whole reference image as one cross-attention token: (1, 1, D)."""
-        pixels = self.feature_extractor(images=reference, return_tensors="pt").pixel_values
-        embeds = self.image_encoder(pixels.to(self._execution_device, self.image_encoder.dtype)).image_embeds
-        return embeds.unsqueeze(1)
-
     @torch.no_grad()
     def encode_reference_latents(self, reference: np.ndarray, height: int, width: int) -> torch.Tensor:
         """VAE latent mean x scaling factor of the reference cropped to the output's aspect ratio: (1, 4, h, w)."""

@@ -196,6 +196,13 @@ class SamplingMixin:
         poses = np.stack([resize(frame, width, height) for frame in poses])
         return reference, poses, height, width
 
+    @torch.no_grad()
+    def encode_image(self, reference: np.ndarray) -> torch.Tensor:
+        """CLIP image embedding of the whole reference image as one cross-attention token: (1, 1, D)."""
+        pixels = self.feature_extractor(images=reference, return_tensors="pt").pixel_values
+        embeds = self.image_encoder(pixels.to(self._execution_device, self.image_encoder.dtype)).image_embeds
+        return embeds.unsqueeze(1)
+
     def reference_pixels(self, reference: np.ndarray, height: int, width: int) -> torch.Tensor:
         """(1, 3, H, W) in [-1, 1] on the execution device: the reference centre-cropped to the output's aspect
         ratio (as training crops it) and resized."""

@@ -9,9 +9,12 @@ Every trained model is compared against this method. Per denoising step:
    with a softmax temperature;
 3. scheduler step.
 
-Two backbones run the same loop:
+Three backbones run the same loop:
 
 - **stock**: SD1.5 UNet + ControlNet-openpose (+ IP-Adapter, the source image as image prompt), text prompt empty;
+- **stock model folder** (`models.animator`, `"reference_net": false`): a denoising UNet + Pose Guider trained with
+  the CLIP token as its only appearance input, the tiny analogue of the stock backbone; the source's CLIP token is
+  the prompt (as the IP-Adapter's image prompt is), zeros in unconditional rows;
 - **trained**: our model's denoising UNet + Pose Guider on its unconditional-reference path (zero CLIP token, no
   ReferenceNet bank), so zero-shot and trained results come from exactly the same weights and pose conditioning.
 
@@ -342,10 +345,12 @@ class ZeroShotPoseTransferPipeline(SamplingMixin, DiffusionPipeline, IPAdapterMi
 
     @classmethod
     def from_model_folder(cls, model_dir, torch_dtype: torch.dtype | None = None) -> "ZeroShotPoseTransferPipeline":
-        """Our trained model folder (models/export.py layout): denoising UNet [+ motion] + Pose Guider + vae/
-        scheduler/. The ReferenceNet and image encoder are not used: the reference is dropped."""
+        """Our model folder (models/export.py layout): denoising UNet [+ motion] + Pose Guider + vae/ scheduler/.
+        A trained model's ReferenceNet and image encoder are not used (the reference is dropped); a stock model's
+        image encoder gives the source's CLIP token as the prompt."""
         from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
 
+        from ..models.animator import has_reference_net
         from ..models.motion import to_motion_unet
         from ..models.pose_guider import PoseGuider
 
@@ -367,10 +372,24 @@ class ZeroShotPoseTransferPipeline(SamplingMixin, DiffusionPipeline, IPAdapterMi
         index = root / "model_index.json"
         correlation = float(json.loads(index.read_text()).get("frame_noise_correlation", 0.0)
                             if index.is_file() else 0.0)
-        pipe = cls(vae=vae, unet=unet, scheduler=scheduler, pose_guider=pose_guider,
-                   frame_noise_correlation=correlation)
+        image_encoder = feature_extractor = None
+        if not has_reference_net(root):  # a stock model: its CLIP token is the image prompt
+            require_dir(root / "image_encoder", f"model folder {root} is missing its image_encoder")
+            require_dir(root / "feature_extractor", f"model folder {root} is missing its feature_extractor",
+                        must_contain=("preprocessor_config.json",))
+            image_encoder = load_image_encoder(root / "image_encoder", torch_dtype)
+            feature_extractor = clip_image_processor_class().from_pretrained(root / "feature_extractor",
+                                                                             **offline_kwargs())
+        pipe = cls(vae=vae, unet=unet, scheduler=scheduler, pose_guider=pose_guider, image_encoder=image_encoder,
+                   feature_extractor=feature_extractor, frame_noise_correlation=correlation)
         pipe.prompt_embeds = torch.zeros(1, 1, unet.config.cross_attention_dim, dtype=vae.dtype)  # zero CLIP token
         return pipe
+
+    @property
+    def uses_image_token(self) -> bool:
+        """A Pose Guider backbone with an image encoder (a stock model folder): the source's CLIP token is the
+        prompt, a zero token the unconditional one."""
+        return self.pose_guider is not None and self.image_encoder is not None
 
     # ------------------------------------------------------------------------------------------- pieces
     @torch.no_grad()
@@ -472,7 +491,8 @@ class ZeroShotPoseTransferPipeline(SamplingMixin, DiffusionPipeline, IPAdapterMi
         windows = frame_windows(num_frames, context_frames, context_overlap, closed_loop, self.is_video_backbone,
                                 max_frames)
 
-        # 3. Conditions: prompt (the encoded empty prompt, or the zero CLIP token), source latent, IP-Adapter
+        # 3. Conditions: prompt (the encoded empty prompt, the zero CLIP token, or a stock model folder's CLIP token
+        #    of the source, zeros when unconditional), source latent, IP-Adapter
         #    image embeddings, pose conditioning (ControlNet pixels or Pose Guider features), per video.
         context = prompt_embeds if prompt_embeds is not None else self.prompt_embeds
         if context is None:
@@ -480,6 +500,9 @@ class ZeroShotPoseTransferPipeline(SamplingMixin, DiffusionPipeline, IPAdapterMi
         context = context.to(device, torch.float32)
         negative = negative_prompt_embeds.to(device, torch.float32) if negative_prompt_embeds is not None \
             else context
+        if self.uses_image_token and prompt_embeds is None:
+            context = self.encode_image(source).float()
+            negative = torch.zeros_like(context) if negative_prompt_embeds is None else negative
         ip = uncond_ip = None
         if self.has_ip_adapter:
             ip, uncond_ip = (e.float() for e in self.encode_ip_image(source))

@@ -10,9 +10,14 @@ CLIP image embedding as one token; `drop_reference` (B,) marks rows that get no 
 token — the unconditional path shared by training's reference dropout and inference's guidance.
 
 Inference reuses the parts: `encode_reference` once per video, `encode_pose` once per video, `denoise` per step.
+
+A *stock* Animator has no ReferenceNet (`reference_unet=None`): the denoising UNet + Pose Guider conditioned on the
+CLIP token alone, the tiny analogue of SD1.5 + pose ControlNet + IP-Adapter that the zero-shot baseline is meant for.
+Its folder's model_index.json says `"reference_net": false`; everything else (training, export, pipelines) is shared.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -27,6 +32,12 @@ from .motion import checkpoint_transformers, is_motion_parameter, source_configs
 from .pose_guider import ConvInAdder, PoseGuider
 
 SUBFOLDERS = ("reference_unet", "denoising_unet", "pose_guider")
+
+
+def has_reference_net(model_dir) -> bool:
+    """False for a stock model folder (model_index.json says `"reference_net": false`), True otherwise."""
+    index = Path(model_dir) / "model_index.json"
+    return not index.is_file() or bool(json.loads(index.read_text()).get("reference_net", True))
 
 
 def as_flags(drop_reference) -> tuple | None:
@@ -67,9 +78,10 @@ def reference_tail_parameter_names(unet: UNet2DConditionModel, last_layer: str) 
 class Animator(nn.Module):
     """The trainable model. `denoising_unet` is a 2-D UNet (with `motion_adapter` to add motion modules), or a
     motion UNet built by `models.to_motion_unet`; the parts are used as given (never copied), so an Animator can
-    also be a view over a pipeline's registered components."""
+    also be a view over a pipeline's registered components. `reference_unet=None` makes a stock model (no
+    ReferenceNet: the CLIP token is the only appearance input)."""
 
-    def __init__(self, reference_unet: UNet2DConditionModel, denoising_unet, pose_guider: PoseGuider,
+    def __init__(self, reference_unet: UNet2DConditionModel | None, denoising_unet, pose_guider: PoseGuider,
                  motion_adapter: MotionAdapter | None = None):
         super().__init__()
         if isinstance(denoising_unet, UNetMotionModel):
@@ -95,6 +107,12 @@ class Animator(nn.Module):
     # ----------------------------------------------------------------------------------------------- structure
     def _wire_reference(self, kernel: str = "sdpa", slice_size=None) -> None:
         """(Re)install processors and the conv_in hook; needed again after the denoising UNet is replaced."""
+        if self._hook is not None:
+            self._hook.remove()
+        self._hook = self.denoising_unet.conv_in.register_forward_hook(self._pose_adder)
+        if self.reference_unet is None:  # stock model: plain attention, nothing banked or read
+            self.reference_layers, self.last_reference_layer, self.reference_tail = [], None, set()
+            return
         reference_layers = install_reference_processors(self.reference_unet, self.reference_state, role="write",
                                                         kernel=kernel, slice_size=slice_size)
         denoising_layers = install_reference_processors(self.denoising_unet, self.reference_state, role="read",
@@ -109,21 +127,20 @@ class Animator(nn.Module):
             if name in tail:
                 param.requires_grad_(False)
         self.reference_tail = tail
-        if self._hook is not None:
-            self._hook.remove()
-        self._hook = self.denoising_unet.conv_in.register_forward_hook(self._pose_adder)
 
     def set_attention_kernel(self, kernel: str = "sdpa", slice_size=None, reinstall: bool = False) -> None:
         """Choose the reference processors' attention kernel ("sdpa", "xformers", "sliced"); `reinstall` first
         puts them back where another call replaced them (e.g. diffusers' xformers or slicing switches)."""
         if reinstall:
             self._wire_reference(kernel, slice_size)
-        for unet in (self.reference_unet, self.denoising_unet):
+        for unet in self._unets:
             set_reference_kernel(unet, kernel, slice_size)
 
     def check_reference_attention(self) -> None:
         """Before a forward: raise a message naming the cause if either UNet lost its reference processors (see
         models.attention); take them back if another Animator over the same modules wired them to its own state."""
+        if not self.has_reference_net:
+            return
         check_reference_processors(self.reference_unet, self.reference_layers, "ReferenceNet")
         check_reference_processors(self.denoising_unet, self.reference_layers, "denoising UNet")
         processor = self.denoising_unet.attn_processors[self.last_reference_layer]
@@ -140,6 +157,14 @@ class Animator(nn.Module):
     @property
     def motion_adapter_config(self) -> dict | None:
         return source_configs(self.denoising_unet)["motion_adapter"] if self.is_video_model else None
+
+    @property
+    def has_reference_net(self) -> bool:
+        return self.reference_unet is not None
+
+    @property
+    def _unets(self) -> tuple:
+        return tuple(unet for unet in (self.reference_unet, self.denoising_unet) if unet is not None)
 
     @property
     def is_video_model(self) -> bool:
@@ -175,18 +200,21 @@ class Animator(nn.Module):
     def enable_gradient_checkpointing(self) -> None:
         """diffusers' checkpointing on both UNets; for a motion UNet also its transformers and motion modules,
         which diffusers leaves out (see `models.motion.checkpoint_transformers`)."""
-        self.reference_unet.enable_gradient_checkpointing()
-        self.denoising_unet.enable_gradient_checkpointing()
+        for unet in self._unets:
+            unet.enable_gradient_checkpointing()
         if self.is_video_model:
             checkpoint_transformers(self.denoising_unet)
 
     # ----------------------------------------------------------------------------------------------- compute
     def encode_reference(self, ref_latents: torch.Tensor, image_embeds: torch.Tensor) -> None:
-        """Run the ReferenceNet at timestep 0 on the clean reference; fills the bank the denoising UNet reads."""
+        """Run the ReferenceNet at timestep 0 on the clean reference; fills the bank the denoising UNet reads
+        (a stock model has none: its bank stays empty)."""
         self.check_reference_attention()
         unet = self.reference_unet
         state = self.reference_state
         state.bank, state.projected = {}, {}
+        if unet is None:
+            return
         state.stop_after = self.last_reference_layer
         timesteps = torch.zeros(ref_latents.shape[0], device=ref_latents.device, dtype=torch.long)
         try:
@@ -246,7 +274,7 @@ class Animator(nn.Module):
         pose_features = self.encode_pose(pose_images)
         out = self.denoise(noisy_latents, timesteps, image_embeds, pose_features, drop_reference)
         dropped = as_flags(drop_reference)
-        if dropped is not None and torch.is_grad_enabled() and all(dropped):
+        if dropped is not None and torch.is_grad_enabled() and all(dropped) and self.has_reference_net:
             # Every row dropped: keep the ReferenceNet in the graph with a zero contribution so DDP still sees a
             # gradient for each of its parameters (no find_unused_parameters needed).
             out = out + 0.0 * sum(tokens.sum() for tokens in self.reference_state.bank.values())
@@ -254,14 +282,17 @@ class Animator(nn.Module):
 
     # ----------------------------------------------------------------------------------------------- save / load
     def save_pretrained(self, save_directory, safe_serialization: bool = True) -> Path:
-        """Write reference_unet/, denoising_unet/ (2-D weights), pose_guider/ and motion_adapter/ (if any).
+        """Write reference_unet/ (not for a stock model), denoising_unet/ (2-D weights), pose_guider/ and
+        motion_adapter/ (if any).
 
         Each subfolder is written beside its final place and moved in when complete, so an interrupted save never
         leaves a folder that looks complete.
         """
         root = Path(save_directory)
         root.mkdir(parents=True, exist_ok=True)
-        parts = {"reference_unet": self.reference_unet, "pose_guider": self.pose_guider}
+        parts = {"pose_guider": self.pose_guider}
+        if self.has_reference_net:
+            parts["reference_unet"] = self.reference_unet
         if self.is_video_model:
             unet2d, adapter = split_motion_unet(self.denoising_unet)
             parts.update(denoising_unet=unet2d, motion_adapter=adapter)
@@ -276,9 +307,10 @@ class Animator(nn.Module):
     def from_pretrained(cls, model_dir, torch_dtype: torch.dtype | None = None) -> "Animator":
         root = require_dir(model_dir, "model folder", must_contain=())
         kwargs = dict(offline_kwargs(), torch_dtype=torch_dtype) if torch_dtype else offline_kwargs()
-        for name in SUBFOLDERS:
+        stock = not has_reference_net(root)
+        for name in (SUBFOLDERS[1:] if stock else SUBFOLDERS):
             require_dir(root / name, f"model folder {root} is missing its {name}")
-        reference = UNet2DConditionModel.from_pretrained(root / "reference_unet", **kwargs)
+        reference = None if stock else UNet2DConditionModel.from_pretrained(root / "reference_unet", **kwargs)
         denoising = UNet2DConditionModel.from_pretrained(root / "denoising_unet", **kwargs)
         pose_guider = PoseGuider.from_pretrained(root / "pose_guider", **kwargs)
         adapter = None

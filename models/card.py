@@ -64,7 +64,8 @@ def model_folder_card(out_dir, animator, scheduler, frame_noise_correlation: flo
         ("scheduler (sampling uses it)", _scheduler_line(scheduler)),
         ("frame-noise correlation", f"{frame_noise_correlation:g}" + (
             " (inference draws the initial noise this way)" if video else " (image model: frames share one noise)")),
-        ("parameters", f"ReferenceNet {_count(animator.reference_unet)}, denoising UNet "
+        ("parameters", (f"ReferenceNet {_count(animator.reference_unet)}" if animator.has_reference_net else
+                        "no ReferenceNet (stock model: CLIP token only)") + ", denoising UNet "
                        f"{_count(animator.denoising_unet)}, Pose Guider {_count(animator.pose_guider)}"),
         ("written", f"{datetime.date.today().isoformat()} by marionet {__version__}"),
     ]

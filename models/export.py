@@ -2,7 +2,7 @@
 
     MODEL_DIR/
       model_index.json            # PoseToVideoPipeline component list (diffusers pipeline format)
-      reference_unet/ denoising_unet/ pose_guider/ [motion_adapter/]    # the Animator
+      reference_unet/ denoising_unet/ pose_guider/ [motion_adapter/]    # the Animator (stock: no reference_unet/)
       vae/ image_encoder/ feature_extractor/ scheduler/                 # frozen parts + the training schedule
       README.md                   # the model card: what produced the folder (models/card.py)
 
@@ -64,6 +64,9 @@ def export_model_folder(out_dir, animator: Animator, vae, image_encoder, feature
     components = {"reference_unet": animator.reference_unet,
                   "denoising_unet": animator.reference_unet,  # a UNet2DConditionModel on disk either way
                   "pose_guider": animator.pose_guider, "motion_adapter": motion, **frozen}
-    write_model_index(out, components, {"frame_noise_correlation": float(frame_noise_correlation)})
+    config = {"frame_noise_correlation": float(frame_noise_correlation)}
+    if not animator.has_reference_net:
+        config["reference_net"] = False  # a stock model: no reference_unet/ (see models.animator)
+    write_model_index(out, components, config)
     model_folder_card(out, animator, scheduler, float(frame_noise_correlation), card)
     return out

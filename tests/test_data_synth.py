@@ -67,6 +67,10 @@ def test_generate_dataset_files_and_index(tmp_path):
         assert keypoints["body"].shape == (10, 18, 3) and keypoints["fps"] == 8.0
         assert entry["num_frames"] == 10
     assert read_video(meta.parent / entries[0]["pose_path"], [0]).max() > 100  # a skeleton is drawn
+    # the files hold exactly the rendered frames, so every run (and machine) trains on the same data
+    video, poses, _ = render_video(seed=5, index=1, frames=10, size=32, fps=8)
+    np.testing.assert_array_equal(read_video(meta.parent / entries[1]["video_path"]), video)
+    np.testing.assert_array_equal(read_video(meta.parent / entries[1]["pose_path"]), poses)
     with pytest.raises(FileExistsError, match="meta.json"):
         generate_dataset(tmp_path / "ds", videos=1, frames=4, size=32, seed=5)
 

@@ -126,3 +126,17 @@ def test_reading_without_decord_falls_back_to_pyav(tmp_path, monkeypatch):
     (tmp_path / "bad.mp4").write_text("not a video")
     with pytest.raises(VideoError, match="bad.mp4.*cannot be read"):
         read_video(tmp_path / "bad.mp4")
+
+
+def test_exact_videos_decode_to_the_written_rgb_frames_with_and_without_decord(tmp_path, monkeypatch):
+    """exact=True (what the synthetic data sets use) keeps every pixel, where lossless yuv420p must lose colour."""
+    import sys
+
+    frames = np.random.default_rng(0).integers(0, 256, (5, 16, 24, 3), dtype=np.uint8)  # noise: nothing to smooth
+    exact = write_video(tmp_path / "exact.mp4", frames, fps=5, exact=True)
+    yuv = write_video(tmp_path / "yuv.mp4", frames, fps=5, lossless=True)
+    np.testing.assert_array_equal(read_video(exact), frames)
+    np.testing.assert_array_equal(read_video(exact, [4, 1]), frames[[4, 1]])
+    assert np.abs(read_video(yuv).astype(int) - frames).max() > 10  # chroma subsampling
+    monkeypatch.setitem(sys.modules, "decord", None)
+    np.testing.assert_array_equal(read_video(exact), frames)

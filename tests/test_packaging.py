@@ -79,17 +79,20 @@ def test_fresh_venv_outside_the_repository_runs_the_demo(wheel, tmp_path):
     result = run(str(venv / "bin" / "marionet"), "demo", "--quick", "--out", str(out), timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "report" / "report.json").read_text())
-    assert set(report["methods"]) == {"trained-stage2", "trained-stage1", "zero-shot", "pose-only"}
+    assert set(report["methods"]) == {"trained-stage2", "trained-stage1", "zero-shot", "stock", "pose-only"}
+    assert report["methods"]["zero-shot"]["settings"]["backbone"] == "stock model folder"
     for metrics in report["methods"].values():
         assert np.isfinite(metrics["psnr"]["mean"]) and np.isfinite(metrics["ssim"]["mean"])
     summary = json.loads((out / "demo.json").read_text())
-    assert len(summary["phases_s"]) == 5 and summary["stage0"]["reconstruction_psnr_db"] > 0
+    assert len(summary["phases_s"]) == 6 and summary["stage0"]["reconstruction_psnr_db"] > 0
+    assert not (out / "stock" / "model" / "reference_unet").exists()  # the stock stand-in has no ReferenceNet
     assert (out / "stage1" / "model" / "model_index.json").is_file()
     assert (out / "stage2" / "model" / "motion_adapter").is_dir()
     assert "stage 2" in (out / "stage2" / "model" / "README.md").read_text()  # the model card
     assert any((out / "stage1" / "logs").rglob("events.out.tfevents*"))  # TensorBoard logs
     assert "report.md" in result.stdout and "total" in result.stdout
     assert {c["claim"] for c in report["claims"]} >= {"trained-stage2 > zero-shot on PSNR (dB)",
+                                                      "zero-shot > stock on SSIM", "stock > pose-only on PSNR (dB)",
                                                       "trained-stage2 < trained-stage1 on Temporal err"}
     # the README's demo section is written from a run's report, not typed
     (work / "README.md").write_text("intro\n<!-- demo:table -->\nSTALE TEXT\n<!-- /demo:table -->\nend\n")
@@ -98,7 +101,8 @@ def test_fresh_venv_outside_the_repository_runs_the_demo(wheel, tmp_path):
     assert updated.returncode == 0, updated.stderr
     readme = (work / "README.md").read_text()
     assert "STALE TEXT" not in readme and "95% interval" in readme
-    assert "| trained-stage2 (motion modules, video) |" in readme
+    assert "| trained-stage2 (ReferenceNet + motion modules: the method, video) |" in readme
+    assert "stands for SD1.5 + ControlNet + IP-Adapter" in readme
     assert (work / "docs" / "images" / "demo_grid.png").is_file()
     # the demo never overwrites silently
     again = run(str(venv / "bin" / "marionet"), "demo", "--quick", "--out", str(out))

@@ -5,6 +5,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -328,3 +329,52 @@ def test_video_validation_draws_the_noise_the_exported_video_model_samples_from(
         if rho == 0.0:
             independent = shown
     assert not np.array_equal(independent, shown)  # the correlation changes the render: the check can fail
+
+
+def test_stock_model_trains_without_a_reference_net_and_every_pipeline_reads_its_clip_token(assets):
+    """model.reference_net=false: no ReferenceNet trained or written; the CLIP token is the only appearance input, in
+    PoseToVideoPipeline (guided over it) and in the zero-shot pipeline (its prompt), and swap off there is exactly the
+    stock model's own sampling."""
+    from tests.conftest import randomize_
+    from marionet.inference.pipeline import PoseToVideoPipeline
+    from marionet.inference.zero_shot import ZeroShotOptions, ZeroShotPoseTransferPipeline
+    from marionet.models import Animator
+    from marionet.train import stage1
+    from marionet.train.core import run
+
+    cfg = tiny_config(assets, output_dir=fresh_dir(assets, "stock"), **{
+        "model.reference_net": "false", "optim.max_train_steps": 2, "checkpoint.checkpointing_steps": 2})
+    animator = stage1.build_animator(cfg)
+    assert not animator.has_reference_net and animator.reference_layers == []
+    assert not any(n.startswith("reference_unet.") for n, _ in animator.named_parameters())
+    model_dir = run(cfg).model_dir
+    assert not (model_dir / "reference_unet").exists()
+    assert json.loads((model_dir / "model_index.json").read_text())["reference_net"] is False
+    stock = Animator.from_pretrained(model_dir)
+    assert not stock.has_reference_net
+    randomize_(stock.pose_guider, seed=3)  # two steps leave the zero-initialised output near zero
+    stock.pose_guider.save_pretrained(model_dir / "pose_guider")
+
+    rng = np.random.default_rng(0)
+    references = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(2)]
+    poses = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    pipe = PoseToVideoPipeline.from_pretrained(model_dir)
+    assert pipe.reference_unet is None
+    pipe.set_progress_bar_config(disable=True)
+
+    def render(p, reference, **kwargs):
+        return p(reference, poses, num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+                 output_type="np", **kwargs).frames[0]
+
+    guided = [render(pipe, r, guidance_scale=3.5) for r in references]
+    assert not np.allclose(guided[0], guided[1], atol=1e-4)  # the reference reaches the result (CLIP token)
+    floor = [render(pipe, r, guidance_scale=0.0) for r in references]  # pose-only: zero token, nothing else
+    assert np.allclose(floor[0], floor[1], atol=1e-6)
+
+    zero_shot = ZeroShotPoseTransferPipeline.from_model_folder(model_dir)
+    zero_shot.set_progress_bar_config(disable=True)
+    assert zero_shot.uses_image_token
+    plain = render(zero_shot, references[0], options=ZeroShotOptions(swap=False))
+    assert np.allclose(plain, render(pipe, references[0], guidance_scale=1.0), atol=1e-5)
+    swapped = render(zero_shot, references[0])
+    assert not np.allclose(swapped, plain, atol=1e-4)  # the swap adds the source's own tokens

@@ -19,6 +19,8 @@ class ModelConfig:
     feature_extractor: Optional[str] = None  # CLIP preprocessor folder; default <base_model>/feature_extractor
     controlnet: Optional[str] = None         # stage 1: ControlNet folder whose cond. embedding initialises the Pose Guider
     pose_guider_channels: List[int] = field(default_factory=lambda: [16, 32, 96, 256])  # when no ControlNet
+    reference_net: bool = True               # stage 1: false trains a stock model (no ReferenceNet: CLIP token only),
+                                             # the pose-ControlNet + IP-Adapter analogue the zero-shot baseline runs on
     stage1_model: Optional[str] = None       # stage 2: the exported stage-1 model folder
     motion_module: Optional[str] = None      # stage 2: MotionAdapter folder or original-format .ckpt
 

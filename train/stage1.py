@@ -53,7 +53,8 @@ def load_frozen_parts(cfg, default_dir: Path, scheduler_dir: Path, what: str) ->
 
 
 def build_animator(cfg):
-    """ReferenceNet and denoising UNet as two copies of the base UNet, plus the Pose Guider; all trainable."""
+    """ReferenceNet and denoising UNet as two copies of the base UNet, plus the Pose Guider; all trainable
+    (`model.reference_net: false`: no ReferenceNet, a stock model)."""
     from diffusers import UNet2DConditionModel
 
     from marionet.models import Animator, PoseGuider
@@ -81,6 +82,8 @@ def build_animator(cfg):
     else:
         guider = PoseGuider(block_out_channels=tuple(cfg.model.pose_guider_channels),
                             conditioning_embedding_channels=width)
+    if not cfg.model.reference_net:  # a stock model: the base UNet + Pose Guider, appearance from the CLIP token
+        return Animator(None, unet, guider)
     return Animator.from_base_unet(unet, guider)
 
 
