@@ -1,6 +1,7 @@
 """Map-style training datasets for stage 1 (frame + pose + reference) and stage 2 (clip + poses + reference).
 
-Frames are decoded on demand with decord, so no video is ever held whole in memory. All randomness of an item comes
+Frames are decoded on demand with decord, so no video is held whole in memory unless `decode_cache_mb` allows it
+(small data sets: decoded videos kept up to that size, `data.DecodedCache`). All randomness of an item comes
 from a numpy Generator seeded by (seed, epoch, index): the same item is the same sample in any process, after a
 resume, and in shard mode (data/shards.py shares `build_sample`). A bad video makes `__getitem__` return None with a
 warning naming the file; `collate_skipping` drops such samples instead of killing training.
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .video import VideoError, open_video
+from .video import DecodedCache, VideoError, open_video
 
 logger = logging.getLogger("marionet.data")
 
@@ -127,10 +128,11 @@ def build_sample(spec: SampleSpec, video, pose, rng: np.random.Generator, video_
 
     Raises BadSample (naming the file) when the pair cannot be used.
     """
-    video_name = video if isinstance(video, (str, Path)) else video_id
+    video_name = video if isinstance(video, (str, Path)) else getattr(video, "name", video_id)
     try:
-        video_reader = open_video(video, name=str(video_name))
-        pose_reader = open_video(pose, name=str(pose) if isinstance(pose, (str, Path)) else f"{video_id} (pose)")
+        video_reader = video if hasattr(video, "get_batch") else open_video(video, name=str(video_name))
+        pose_reader = pose if hasattr(pose, "get_batch") else open_video(
+            pose, name=str(pose) if isinstance(pose, (str, Path)) else f"{video_id} (pose)")
     except VideoError as error:
         raise BadSample(str(error)) from None
     count = len(video_reader)
@@ -200,11 +202,12 @@ def video_id_of(entry: dict) -> str:
 # ---------------------------------------------------------------- datasets
 
 class _FolderDataset(torch.utils.data.Dataset):
-    def __init__(self, source, spec: SampleSpec, seed: int = 0):
+    def __init__(self, source, spec: SampleSpec, seed: int = 0, decode_cache_mb: float = 0):
         self.entries = resolve_source(source)
         self.spec = spec
         self.seed = int(seed)
         self.epoch = 0
+        self.decoded = DecodedCache(decode_cache_mb)  # per process (each DataLoader worker has its own)
 
     def set_epoch(self, epoch: int) -> None:
         """Change every item's randomness; call before each epoch (with persistent_workers=False)."""
@@ -216,8 +219,11 @@ class _FolderDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         entry = self.entries[index]
         try:
-            return build_sample(self.spec, entry["video_path"], entry["pose_path"],
-                                item_rng(self.seed, self.epoch, index), video_id_of(entry))
+            try:
+                video, pose = self.decoded.get(entry["video_path"]), self.decoded.get(entry["pose_path"])
+            except VideoError as error:
+                raise BadSample(str(error)) from None
+            return build_sample(self.spec, video, pose, item_rng(self.seed, self.epoch, index), video_id_of(entry))
         except BadSample as error:
             logger.warning("skipping sample %d: %s", index, error)
         except (OSError, ValueError, RuntimeError) as error:  # anything else one odd file can throw
@@ -231,17 +237,19 @@ class Stage1Dataset(_FolderDataset):
     The reference is at least `min_gap` frames from the target (the farthest frame when the video is shorter).
     """
 
-    def __init__(self, source, image_size, clip_processor, min_gap: int = 30, seed: int = 0, max_zoom: float = 1.1):
-        super().__init__(source, SampleSpec(1, image_size, clip_processor, min_gap=min_gap, max_zoom=max_zoom), seed)
+    def __init__(self, source, image_size, clip_processor, min_gap: int = 30, seed: int = 0, max_zoom: float = 1.1,
+                 decode_cache_mb: float = 0):
+        super().__init__(source, SampleSpec(1, image_size, clip_processor, min_gap=min_gap, max_zoom=max_zoom), seed,
+                         decode_cache_mb)
 
 
 class Stage2Dataset(_FolderDataset):
     """Items: {"target" (F,3,H,W) [-1,1], "pose" (F,3,H,W) [0,1], "reference", "clip_image", "video_id"}."""
 
     def __init__(self, source, image_size, n_frames: int, frame_stride: int, clip_processor, seed: int = 0,
-                 max_zoom: float = 1.1):
+                 max_zoom: float = 1.1, decode_cache_mb: float = 0):
         super().__init__(source, SampleSpec(2, image_size, clip_processor, n_frames=n_frames,
-                                            frame_stride=frame_stride, max_zoom=max_zoom), seed)
+                                            frame_stride=frame_stride, max_zoom=max_zoom), seed, decode_cache_mb)
 
 
 def collate_skipping(samples) -> dict | None:

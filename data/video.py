@@ -6,6 +6,8 @@ existing file unless told to.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import io
 import os
 from fractions import Fraction
@@ -171,6 +173,55 @@ def open_video(source, name: str | None = None) -> VideoReader:
     if len(reader) == 0:
         raise VideoError(f"{label}: video has zero frames")
     return reader
+
+
+class DecodedVideo:
+    """A whole decoded video held in memory, read like a `VideoReader` (len, get_batch, height, width)."""
+
+    def __init__(self, frames: np.ndarray, name: str):
+        self.frames, self.name = frames, name
+        self.height, self.width = frames.shape[1:3]
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def get_batch(self, indices) -> np.ndarray:
+        indices = [int(i) for i in indices]
+        bad = [i for i in indices if not -len(self) <= i < len(self)]
+        if bad:
+            raise VideoError(f"{self.name}: frame index {bad[0]} out of range for {len(self)} frames")
+        return self.frames[indices]
+
+
+class DecodedCache:
+    """Decoded videos kept in memory up to `megabytes` (least recently used out first; 0 keeps nothing).
+
+    For data sets small enough to fit (the demo's synthetic puppets: ~20 MB): every sample otherwise opens and seeks
+    its files again, which was a third of a stage-1 step on 64 px frames. The frames are the same either way.
+    """
+
+    def __init__(self, megabytes: float = 0):
+        self.budget = int(megabytes * 2 ** 20)
+        self.videos: OrderedDict = OrderedDict()
+        self.bytes = 0
+
+    def get(self, path):
+        """A `DecodedVideo` of `path`, or `path` itself when caching is off or the video alone exceeds the budget."""
+        if self.budget <= 0:
+            return path
+        key = str(path)
+        if key in self.videos:
+            self.videos.move_to_end(key)
+            return self.videos[key]
+        video = DecodedVideo(read_video(path), key)
+        if video.frames.nbytes > self.budget:
+            return video
+        self.videos[key] = video
+        self.bytes += video.frames.nbytes
+        while self.bytes > self.budget:
+            _, dropped = self.videos.popitem(last=False)
+            self.bytes -= dropped.frames.nbytes
+        return video
 
 
 def read_video(source, indices=None, name: str | None = None) -> np.ndarray:

@@ -175,7 +175,7 @@ def train_stage(stage: int, settings: DemoSettings, out: Path, train_meta: Path,
         f"output_dir={out / folder}", f"seed={settings.seed}", "tiny.enabled=false",
         f"model.base_model={out / 'base'}", f"data.meta={train_meta}", f"data.validation_meta={validation_meta}",
         f"data.image_size={settings.size}", "data.synthetic_videos=0", "log_every=25", "validation.num_samples=2",
-        f"optim.lr_scheduler={settings.lr_scheduler}",
+        f"optim.lr_scheduler={settings.lr_scheduler}", "data.decode_cache_mb=256",  # the puppets: ~20 MB decoded
     ]
     if settings.ema_decay > 0:
         common += ["optim.use_ema=true", f"optim.ema_decay={settings.ema_decay}"]

@@ -135,3 +135,28 @@ def test_bad_samples_are_skipped_with_a_warning(tmp_path, synth, processor, capl
         Stage1Dataset([{"video": "x.mp4"}], 32, processor)
     # Stage 1 on the 4-frame video is fine (reference clamped to the farthest frame).
     assert Stage1Dataset(meta[4:], 32, processor, min_gap=30)[0] is not None
+
+
+def test_decoded_cache_gives_the_same_samples_and_keeps_to_its_budget(tmp_path):
+    """data.decode_cache_mb: the same samples as reading the files, bounded memory, bad files still skipped."""
+    from marionet.data.synth import generate_dataset
+    from marionet.data.video import DecodedCache
+
+    meta = generate_dataset(tmp_path / "ds", videos=3, frames=12, size=32, seed=4)
+    plain = Stage1Dataset(meta, 32, None, min_gap=2, seed=1)
+    cached = Stage1Dataset(meta, 32, None, min_gap=2, seed=1, decode_cache_mb=64)
+    for index in (0, 1, 2, 0):
+        a, b = plain[index], cached[index]
+        for key in ("target", "pose", "reference"):
+            assert torch.equal(a[key], b[key]), key
+    assert len(cached.decoded.videos) == 6 and cached.decoded.bytes == 6 * 12 * 32 * 32 * 3
+
+    small = DecodedCache(megabytes=2.5 * 12 * 32 * 32 * 3 / 2 ** 20)  # room for two videos
+    paths = sorted((tmp_path / "ds" / "videos").glob("*.mp4"))
+    for path in paths:
+        small.get(path)
+    assert list(small.videos) == [str(p) for p in paths[1:]] and small.bytes <= small.budget
+    assert DecodedCache(0).get(paths[0]) == paths[0]  # off: the path itself, read on demand
+
+    (tmp_path / "ds" / "videos" / paths[0].name).write_bytes(b"not a video")
+    assert Stage1Dataset(meta, 32, None, min_gap=2, seed=1, decode_cache_mb=64)[0] is None  # skipped, not fatal

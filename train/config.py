@@ -35,6 +35,8 @@ class DataConfig:
     frame_stride: int = 4                    # stage 2: take every n-th frame
     min_gap: int = 30                        # stage 1: reference frame at least this far from the target
     num_workers: int = 4                     # DataLoader worker processes per GPU
+    decode_cache_mb: int = 0                 # keep decoded videos in memory up to this size per process (0: off);
+                                             # for data sets that fit, e.g. the demo's synthetic puppets (~20 MB)
     synthetic_videos: int = 0                # > 0: generate this many synthetic videos at `meta`'s folder when missing
     synthetic_frames: int = 48
     synthetic_size: int = 64

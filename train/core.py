@@ -208,9 +208,12 @@ def make_dataset(cfg: TrainConfig, source, processor, n_frames: int | None = Non
                                   rank=rank, world_size=world_size)
     from ..data.datasets import Stage1Dataset, Stage2Dataset
 
+    cache = data.decode_cache_mb
     if cfg.stage == 1:
-        return Stage1Dataset(source, data.image_size, processor, min_gap=data.min_gap, seed=cfg.seed)
-    return Stage2Dataset(source, data.image_size, frames, data.frame_stride, processor, seed=cfg.seed)
+        return Stage1Dataset(source, data.image_size, processor, min_gap=data.min_gap, seed=cfg.seed,
+                             decode_cache_mb=cache)
+    return Stage2Dataset(source, data.image_size, frames, data.frame_stride, processor, seed=cfg.seed,
+                         decode_cache_mb=cache)
 
 
 def split_data(cfg: TrainConfig) -> tuple[object, list]:
