@@ -85,7 +85,7 @@ METHOD_ORDER = ("trained-stage2", "trained-stage1", "zero-shot", "stock", "pose-
 
 # Each phase's share of a full run's time on the 2-core development machine (data, stage 0, stage 1, stock,
 # stage 2, compare), for the ETA printed after each phase.
-PHASE_SHARES = (0.01, 0.16, 0.36, 0.18, 0.09, 0.20)
+PHASE_SHARES = (0.01, 0.17, 0.32, 0.17, 0.09, 0.24)
 
 
 class PhaseClock:
@@ -249,7 +249,7 @@ def _run_line(report: dict, summary: dict) -> str:
     s = report["settings"]
     scored = summary.get("settings", {}).get("score", "heldout").replace("heldout", "held-out")
     return (f"{s['videos']} {scored} videos x {s['frames']} frames, {s['steps']} DDIM steps, seed {s['seed']}; "
-            f"{summary.get('cpu_threads', '?')} CPU cores, {summary.get('torch_threads', '?')} torch threads, torch "
+            f"{summary.get('cpu_threads', '?')} CPU cores, {summary.get('torch_threads', '?')} torch thread(s), torch "
             f"{report['software'].get('torch')}, {summary.get('total_s', '?')} s in all")
 
 
