@@ -42,6 +42,7 @@ from diffusers.loaders import IPAdapterMixin
 from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 
+from ..models.animator import has_reference_net
 from ..models.attention import (ReferenceState, check_reference_processors, install_reference_processors,
                                 remove_reference_processors, spatial_self_attention_names)
 from ..models.loading import (MissingWeightsError, clip_image_processor_class, load_image_encoder, offline_kwargs,
@@ -350,7 +351,6 @@ class ZeroShotPoseTransferPipeline(SamplingMixin, DiffusionPipeline, IPAdapterMi
         image encoder gives the source's CLIP token as the prompt."""
         from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
 
-        from ..models.animator import has_reference_net
         from ..models.motion import to_motion_unet
         from ..models.pose_guider import PoseGuider
 
