@@ -6,7 +6,8 @@ poses, seed and step count. `run_comparison` returns the report dict (also writt
 report.md, plots, grids and side-by-side videos; see inference/report.py).
 
 Methods are plug-ins: anything with a `name` and `render(reference, poses, steps, seed) -> frames` (uint8 arrays:
-reference (H, W, 3), poses and result (F, H, W, 3)). On the command line a method is `NAME=SPEC` (see
+reference (H, W, 3), poses and result (F, H, W, 3)); a method with `uses_reference_pose = True` also gets the
+reference frame's own skeleton as `render(..., reference_pose=...)`. On the command line a method is `NAME=SPEC` (see
 `SPEC_HELP`); `register_method_kind` adds new kinds.
 """
 from __future__ import annotations
@@ -118,6 +119,7 @@ class PipelineMethod:
     settings: dict = field(default_factory=dict)
     pipe: object = None
     speed: speed_settings.Speed | None = None
+    uses_reference_pose: bool = False  # True: `call` takes reference_pose= (the reference frame's skeleton)
 
     def prepare(self) -> None:
         if self.pipe is None:
@@ -131,11 +133,11 @@ class PipelineMethod:
     def release(self) -> None:
         self.pipe = None
 
-    def render(self, reference, poses, steps, seed):
+    def render(self, reference, poses, steps, seed, **extra):
         self.prepare()
         if self.speed is not None and self.speed.steps is not None:
             steps = self.speed.steps
-        return self.call(self.pipe, reference, poses, steps, seed)
+        return self.call(self.pipe, reference, poses, steps, seed, **extra)
 
 
 def _to_device(pipe, context: dict):
@@ -173,13 +175,14 @@ def _trained(spec: MethodSpec, context: dict, pose_only: bool = False) -> Method
 
 def _zero_shot(spec: MethodSpec, context: dict) -> Method:
     stock = "model" not in spec.options
-    switches = ("temperature", "layers", "source_noise", "swap_steps", "swap")
+    switches = ("temperature", "layers", "source_noise", "swap_steps", "swap", "source_pose")
     if stock:
         options = _options(spec, ("base", "controlnet", "ip_adapter", "image_encoder"), ("guidance",) + switches)
     else:
         options = _options(spec, ("model",), ("guidance",) + switches)
     guidance = options.get("guidance", 1.0)
     method_options = _zero_shot_options(spec, options)
+    source_pose = _switch(spec, options, "source_pose", False)
     speed = _speed(spec, options, context)
     from ..models.loading import require_dir, require_file
 
@@ -202,11 +205,11 @@ def _zero_shot(spec: MethodSpec, context: dict) -> Method:
             pipe = Pipe.from_model_folder(options["model"])
         return _to_device(pipe, context)
 
-    def call(pipe, reference, poses, steps, seed):
+    def call(pipe, reference, poses, steps, seed, reference_pose=None):
         from .zero_shot import render_zero_shot
 
         return render_zero_shot(pipe, reference, poses, num_inference_steps=steps, seed=seed,
-                                guidance_scale=guidance, options=method_options)
+                                guidance_scale=guidance, options=method_options, source_pose=reference_pose)
 
     if stock:
         backbone = "sd15"
@@ -215,8 +218,18 @@ def _zero_shot(spec: MethodSpec, context: dict) -> Method:
 
         backbone = "trained" if has_reference_net(options["model"]) else "stock model folder"
     settings = {"kind": spec.kind, "backbone": backbone, **options, "guidance": guidance,
-                **speed.as_dict()}
-    return PipelineMethod(spec.name, load, call, settings, speed=speed)
+                "source_pose": source_pose, **speed.as_dict()}
+    return PipelineMethod(spec.name, load, call, settings, speed=speed, uses_reference_pose=source_pose)
+
+
+def _switch(spec: MethodSpec, options: dict, key: str, default: bool) -> bool:
+    """An on/off SPEC option."""
+    value = str(options.get(key, "on" if default else "off")).lower()
+    if value in ("on", "true", "1", "yes"):
+        return True
+    if value in ("off", "false", "0", "no"):
+        return False
+    raise CompareError(f"method {spec.text or spec.name!r}: {key} must be on or off, got {options[key]!r}")
 
 
 def _zero_shot_options(spec: MethodSpec, options: dict):
@@ -236,7 +249,7 @@ def _zero_shot_options(spec: MethodSpec, options: dict):
         if "swap_steps" in options:
             chosen["swap_steps"] = parse_swap_steps(options["swap_steps"])
         if "swap" in options:
-            chosen["swap"] = options["swap"].lower() not in ("off", "false", "0", "no")
+            chosen["swap"] = _switch(spec, options, "swap", True)
         return dataclasses.replace(ZeroShotOptions(), **chosen).validate()
     except ValueError as error:
         raise CompareError(f"method {spec.text or spec.name!r}: {error}") from None
@@ -264,6 +277,7 @@ class Clip:
     fps: float
     source: str
     ref_frame: int
+    reference_pose: np.ndarray | None = None  # the reference frame's skeleton, (H, W, 3)
 
 
 def parse_size(text) -> tuple[int, int] | None:
@@ -341,16 +355,20 @@ def load_clips(data, videos: int | None = None, frames: int | None = None, size=
                 raise CompareError(f"{label}: reference frame {ref_frame} is outside its {count} frames")
             wanted = sorted(set(range(usable)) | {ref_frame})
             truth_all = read_video(video_src, wanted, label)
-            poses = read_video(pose_src, range(usable), f"{label} (poses)")
+            pose_wanted = [i for i in wanted if i < pose_count]  # the reference's skeleton too, when there is one
+            poses_all = read_video(pose_src, pose_wanted, f"{label} (poses)")
         except VideoError as error:
             raise CompareError(str(error)) from None
         reference = truth_all[wanted.index(ref_frame)]
         truth = truth_all[[wanted.index(i) for i in range(usable)]]
-        if poses.shape[1:3] != truth.shape[1:3] and size is None:
-            poses = _resize(poses, (truth.shape[2], truth.shape[1]))
+        if poses_all.shape[1:3] != truth.shape[1:3] and size is None:
+            poses_all = _resize(poses_all, (truth.shape[2], truth.shape[1]))
+        poses_all = _resize(poses_all, size)
+        poses = poses_all[[pose_wanted.index(i) for i in range(usable)]]
+        reference_pose = poses_all[pose_wanted.index(ref_frame)] if ref_frame in pose_wanted else None
         fps = fps if math.isfinite(fps) and fps > 0 else 12.0
-        clips.append(Clip(str(video_id), _resize(reference[None], size)[0], _resize(poses, size),
-                          _resize(truth, size), fps, label, ref_frame))
+        clips.append(Clip(str(video_id), _resize(reference[None], size)[0], poses, _resize(truth, size), fps, label,
+                          ref_frame, reference_pose))
     if not clips:
         raise CompareError(f"{data}: no videos to compare")
     seen: dict[str, int] = {}
@@ -364,8 +382,12 @@ def load_clips(data, videos: int | None = None, frames: int | None = None, size=
 # ---------------------------------------------------------------- the comparison
 
 def _render_checked(method: Method, clip: Clip, steps: int, seed: int) -> tuple[np.ndarray, bool]:
+    extra = {"reference_pose": clip.reference_pose} if getattr(method, "uses_reference_pose", False) else {}
+    if extra and clip.reference_pose is None:
+        raise CompareError(f"method {method.name} needs the reference frame's skeleton, which video {clip.video_id} "
+                           "does not have")
     try:
-        frames = np.asarray(method.render(clip.reference, clip.poses, steps, seed))
+        frames = np.asarray(method.render(clip.reference, clip.poses, steps, seed, **extra))
     except ValueError as error:  # the pipelines' input errors; name the method and the video
         raise CompareError(f"method {method.name}, video {clip.video_id}: {error}") from error
     truth = clip.truth

@@ -25,7 +25,8 @@ a bare model folder (short for trained:model=FOLDER). Kinds:
                                             stock folder: with the source's CLIP token as the image prompt)
       either zero-shot form also takes the method's switches (see `marionet zero-shot --help`):
       temperature=T, layers=all|encoder|mid|decoder[:DIVISORS with ';' between divisors], source_noise=random|
-      previous-target|previous-source, swap_steps=START:END, swap=off
+      previous-target|previous-source, swap_steps=START:END, swap=off, source_pose=on (the source pass is
+      conditioned on the reference frame's own skeleton; default off: no pose in the source pass)
   pose-only:model=DIR                       a model folder with the reference dropped (no reference tokens, zero
                                             CLIP token): the lower bound showing how much appearance a method transfers
 Every kind also takes speed options, over the command's --scheduler/--step-cache/--fast: scheduler=ddim|dpm++|
@@ -119,11 +120,9 @@ def run_compare(args) -> int:
 
 
 def run_demo(args) -> int:
-    import dataclasses
-
     from ..errors import UserError
 
-    from .demo import DemoSettings, run_demo as demo, update_readme
+    from .demo import parse_settings, run_demo as demo, update_readme
 
     if args.from_dirs:
         if not args.update_readme:
@@ -134,18 +133,10 @@ def run_demo(args) -> int:
         print("updated " + (", ".join(update_readme(args.from_dirs)) or "nothing (no <!-- demo:table --> marker)"))
         return 0
 
-    fields = {f.name: f for f in dataclasses.fields(DemoSettings)}
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep or key not in fields:
-            raise UserError(f"--set {item!r}: expected KEY=VALUE with KEY one of {', '.join(fields)}")
-        default = getattr(DemoSettings(), key)
-        try:
-            overrides[key] = (tuple(int(v) for v in value.split(",")) if isinstance(default, tuple)
-                              else type(default)(value))
-        except ValueError:
-            raise UserError(f"--set {item!r}: {value!r} is not a valid {type(default).__name__}") from None
+    try:
+        overrides = parse_settings(args.set)
+    except ValueError as error:
+        raise UserError(str(error)) from None
     demo(args.out, quick=args.quick, overwrite=args.overwrite, **overrides)
     if args.update_readme:
         print("updated " + (", ".join(update_readme(args.out)) or "nothing (no <!-- demo:table --> marker)"))

@@ -69,11 +69,43 @@ class DemoSettings:
     guidance: float = 3.5                # every method but pose-only: trained over the reference, stock over its CLIP
                                          # token, zero-shot as the stock model it runs on (unconditional rows: no token,
                                          # no swap); validation: zero-shot at 3.5 beat its 1.0 by 0.05-1.0 dB
+    # zero-shot: the source pass sees the reference frame's own skeleton (as the stock model saw a pose with every
+    # image in training); chosen on the validation puppets (docs/benchmarks.md, "How the settings were chosen").
+    zero_shot_source_pose: bool = True
     score: str = "heldout"               # "heldout" (the report) or "validation" (choosing settings)
     seed: int = 0
     # torch's CPU threads for the whole run: the thread count changes the arithmetic (summation order), and at this
     # scale that trains different models; a fixed count gives the same figures wherever the CPU is the same kind.
     torch_threads: int = 2
+
+
+TRUE_WORDS, FALSE_WORDS = ("on", "true", "yes", "1"), ("off", "false", "no", "0")
+
+
+def parse_settings(items) -> dict:
+    """`--set KEY=VALUE` items -> DemoSettings overrides, each value of its field's type (tuples: comma-separated
+    ints, booleans: on/off); ValueError naming the item otherwise."""
+    defaults = DemoSettings()
+    names = [f.name for f in dataclasses.fields(DemoSettings)]
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in names:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE with KEY one of {', '.join(names)}")
+        default = getattr(defaults, key)
+        try:
+            if isinstance(default, bool):
+                if value.lower() not in TRUE_WORDS + FALSE_WORDS:
+                    raise ValueError(value)
+                overrides[key] = value.lower() in TRUE_WORDS
+            elif isinstance(default, tuple):
+                overrides[key] = tuple(int(v) for v in value.split(","))
+            else:
+                overrides[key] = type(default)(value)
+        except ValueError:
+            kind = "on/off" if isinstance(default, bool) else type(default).__name__
+            raise ValueError(f"--set {item!r}: {value!r} is not a valid {kind}") from None
+    return overrides
 
 
 QUICK = dict(train_videos=4, train_frames=24, heldout_videos=2, heldout_frames=12, validation_videos=2, vae_steps=30,
@@ -213,7 +245,8 @@ def train_stage(stage: int, settings: DemoSettings, out: Path, train_meta: Path,
 METHOD_LABELS = {
     "trained-stage2": "trained-stage2 (ReferenceNet + motion modules: the method, video)",
     "trained-stage1": "trained-stage1 (ReferenceNet, frame by frame)",
-    "zero-shot": "zero-shot (attention swap on the stock model: the training-free baseline)",
+    "zero-shot": "zero-shot (attention swap on the stock model, source pass posed with the reference's skeleton: "
+                 "the training-free baseline)",
     "stock": "stock (pose + CLIP token, no ReferenceNet: stands for SD1.5 + ControlNet + IP-Adapter)",
     "pose-only": "pose-only (the stock model without its CLIP token: no appearance; the floor)",
 }
@@ -238,7 +271,8 @@ def compare(settings: DemoSettings, out: Path, meta: Path) -> dict:
     g = settings.guidance
     methods = [f"trained-stage2=trained:model={stage2},guidance={g}",
                f"trained-stage1=trained:model={stage1},guidance={g}",
-               f"zero-shot=zero-shot:model={stock},guidance={g}", f"stock=trained:model={stock},guidance={g}",
+               f"zero-shot=zero-shot:model={stock},guidance={g},"
+               f"source_pose={'on' if settings.zero_shot_source_pose else 'off'}", f"stock=trained:model={stock},guidance={g}",
                f"pose-only=pose-only:model={stock}"]
     return run_comparison(meta, methods, out / "report", videos=settings.compare_videos,
                           frames=settings.compare_frames, steps=settings.inference_steps, seed=settings.seed,

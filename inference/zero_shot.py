@@ -48,6 +48,7 @@ from ..models.attention import (ReferenceState, check_reference_processors, inst
 from ..models.loading import (MissingWeightsError, clip_image_processor_class, load_image_encoder, offline_kwargs,
                               require_dir, require_file)
 from ..models.pose_guider import ConvInAdder
+from .io import as_rgb_array, fit_reference, resize
 from .sampling import (PoseVideoPipelineOutput, SamplingMixin, combine_guidance, frame_windows, guidance_rows,
                        sampling_scheduler, scheduler_step_kwargs, to_uint8)
 
@@ -205,9 +206,14 @@ class _SwapStep:
             state.mode = "write"
             n = source.shape[0]  # the source pass sees the same prompt and image prompt as the target
             # The source's frame count can change between steps ("previous-target" noise): part of the cache key.
+            # With the source's own skeleton the source pass is conditioned as in training (a pose for every image);
+            # without it the pose conditioner is left out of the source pass.
+            rows_in = n * source.shape[2]
+            per_row = lambda x: None if x is None else x.expand(rows_in, *x.shape[1:])  # noqa: E731
             with pipe.cached_call(i, ("source", key, tuple(source.shape))):
                 source_out = pipe.run_unet(source, t, c["context"][:n], None if c["ip"] is None else c["ip"][:n],
-                                           None, None, self.control_scale)
+                                           per_row(c["source_control"]), per_row(c["source_pose"]),
+                                           self.control_scale)
             self.source_before[key] = as_epsilon(self.scheduler, source_out.float(), source, t)
             # The bank has a row per source frame (one, or one per target frame); target row r reads bank row
             # r % source_rows, in each guidance group; only conditional groups read it.
@@ -457,7 +463,8 @@ class ZeroShotPoseTransferPipeline(SamplingMixin, DiffusionPipeline, IPAdapterMi
     @torch.no_grad()
     def __call__(self, source_image, pose_images, height: int | None = None, width: int | None = None,
                  num_inference_steps: int = 25, guidance_scale: float = 1.0, options: ZeroShotOptions | None = None,
-                 num_videos_per_prompt: int = 1, context_frames: int = 24, context_overlap: int = 4,
+                 source_pose=None, num_videos_per_prompt: int = 1, context_frames: int = 24,
+                 context_overlap: int = 4,
                  closed_loop: bool = False, prompt_embeds: torch.Tensor | None = None,
                  negative_prompt_embeds: torch.Tensor | None = None, controlnet_conditioning_scale: float = 1.0,
                  decode_chunk_size: int = 8, generator=None, latents: torch.Tensor | None = None, eta: float = 0.0,
@@ -468,7 +475,9 @@ class ZeroShotPoseTransferPipeline(SamplingMixin, DiffusionPipeline, IPAdapterMi
         Inputs and sizes as `PoseToVideoPipeline`: the source is a path, PIL image or uint8 (H, W, 3); the poses a
         video/image/folder path, uint8 (F, H, W, 3) or a list of images; the output size defaults to the poses'
         (rounded down to multiples of 8). Frames beyond `context_frames` are denoised in windows (a video backbone)
-        or chunks (an image backbone, frames sharing one initial noise).
+        or chunks (an image backbone, frames sharing one initial noise). `source_pose`: the source image's own
+        skeleton (path, PIL image or uint8 (H, W, 3), framed like the source), which then conditions the source pass
+        (ControlNet pixels or Pose Guider features); without it the source pass runs with no pose.
         """
         # 1. Check inputs; bring the source and the poses to the output size.
         options = (options or ZeroShotOptions()).validate()
@@ -477,6 +486,11 @@ class ZeroShotPoseTransferPipeline(SamplingMixin, DiffusionPipeline, IPAdapterMi
         if num_videos_per_prompt < 1:
             raise ValueError(f"num_videos_per_prompt must be >= 1, got {num_videos_per_prompt}")
         source, poses, height, width = self.prepare_inputs(source_image, pose_images, height, width)
+        if source_pose is not None:
+            source_pose = as_rgb_array(source_pose, "source pose")
+            if source_pose.shape[:2] != source.shape[:2]:  # another resolution of the same framing
+                source_pose = resize(source_pose, source.shape[1], source.shape[0])
+            source_pose = fit_reference(source_pose, width, height)  # the crop the source gets
         check_reference_processors(self.unet, self._swap_layers, "zero-shot UNet")
         self._guidance_scale = guidance_scale
         self._interrupt = False
@@ -507,16 +521,21 @@ class ZeroShotPoseTransferPipeline(SamplingMixin, DiffusionPipeline, IPAdapterMi
         if self.has_ip_adapter:
             ip, uncond_ip = (e.float() for e in self.encode_ip_image(source))
         pose_pixels = torch.from_numpy(poses).permute(0, 3, 1, 2).to(device, torch.float32) / 255.0
-        pose_features = None
+        source_pixels = None if source_pose is None else \
+            torch.from_numpy(np.array(source_pose)).permute(2, 0, 1)[None].to(device, torch.float32) / 255.0
+        pose_features = source_features = None
         if self.pose_guider is not None:
             pose_features = self.pose_guider(pose_pixels.to(self.pose_guider.dtype))
+            if source_pixels is not None:
+                source_features = self.pose_guider(source_pixels.to(self.pose_guider.dtype))
         batch = num_videos_per_prompt
         per_video = lambda x: None if x is None else x.expand(batch, *x.shape[1:])  # noqa: E731 - one row a video
         conditions = {
             "source": self.encode_source(source, height, width).float(),
             "context": per_video(context), "negative": per_video(negative), "ip": per_video(ip),
             "uncond_ip": per_video(uncond_ip), "control": pose_pixels if self.controlnet is not None else None,
-            "pose": pose_features,
+            "pose": pose_features, "source_pose": source_features,
+            "source_control": source_pixels if self.controlnet is not None else None,
         }
 
         # 4. Timesteps; 5. initial noise; 6. extra scheduler-step arguments.
@@ -611,8 +630,6 @@ def render_variant_grid(pipes: dict, source: np.ndarray, pose: np.ndarray, num_i
                         seed: int = 0, variants=GRID_VARIANTS, cell: int = 96) -> np.ndarray:
     """One row per backbone (name -> pipeline): source, pose, then one picture per variant, same seed; labelled."""
     from PIL import Image, ImageDraw
-
-    from .io import as_rgb_array, resize
 
     label_height = 14
     columns = [("source", None), ("pose", None)] + list(variants)

@@ -27,6 +27,8 @@ def register(subparsers) -> None:
                                                   "(default: BASE/image_encoder)")
     p.add_argument("--ref", required=True, help="source image of the person")
     p.add_argument("--pose", required=True, help="target pose skeleton: an image (.png ...) or a video (.mp4 ...)")
+    p.add_argument("--source-pose", help="the --ref image's own skeleton (an image): conditions the source pass "
+                                         "on it (default: the source pass runs without a pose)")
     p.add_argument("--out", required=True, help="output .png (one pose) or .mp4 / .gif")
     method = p.add_argument_group("method")
     method.add_argument("--source-noise", default="previous-target",
@@ -88,9 +90,12 @@ def _check_args(args):
         raise UserError(f"{out}: output must end in .png/.jpg (one pose) or .mp4/.gif")
     if out.exists() and not args.overwrite:
         raise UserError(f"{out} already exists (use --overwrite to replace it)")
-    for name in ("ref", "pose"):
-        if not Path(getattr(args, name)).is_file():
-            raise UserError(f"--{name}: file not found: {getattr(args, name)}")
+    for name in ("ref", "pose", "source_pose"):
+        value = getattr(args, name)
+        if value is not None and not Path(value).is_file():
+            raise UserError(f"--{name.replace('_', '-')}: file not found: {value}")
+    if args.source_pose and Path(args.source_pose).suffix.lower() not in IMAGE_SUFFIXES:
+        raise UserError(f"--source-pose: {args.source_pose} is not an image (.png, .jpg, ...)")
     return out
 
 
@@ -132,6 +137,7 @@ def run_zero_shot(args) -> int:
                                   temperature=args.temperature, swap_layers=args.swap_layers,
                                   swap_steps=parse_swap_steps(args.swap_steps)).validate()
         reference = load_image_rgb(args.ref)
+        source_pose = load_image_rgb(args.source_pose) if args.source_pose else None
         poses, pose_fps = _read_poses(Path(args.pose), args.frames)
     except (ValueError, OSError) as error:
         raise UserError(str(error)) from None
@@ -165,7 +171,8 @@ def run_zero_shot(args) -> int:
         pipe.to(device)
     loaded = time.perf_counter()
     try:
-        frames = pipe(reference, poses, height=height, width=width, num_inference_steps=speed.steps,
+        frames = pipe(reference, poses, source_pose=source_pose, height=height, width=width,
+                      num_inference_steps=speed.steps,
                       guidance_scale=args.guidance, generator=torch.Generator().manual_seed(args.seed),
                       options=options, controlnet_conditioning_scale=args.controlnet_scale,
                       context_frames=args.context, context_overlap=args.overlap).frames
@@ -177,7 +184,8 @@ def run_zero_shot(args) -> int:
     backbone = f"trained backbone {args.model}" if args.model else "SD1.5 + ControlNet" + (
         " + IP-Adapter" if args.ip_adapter else "")
     swap = "off" if args.no_swap else (f"{args.swap_layers} layers, steps {args.swap_steps}, source noise "
-                                       f"{args.source_noise}, temperature {args.temperature}")
+                                       f"{args.source_noise}, temperature {args.temperature}, source pose "
+                                       f"{'given' if args.source_pose else 'none'}")
     print(f"zero-shot on {backbone}; swap: {swap}; guidance {args.guidance}")
     print(f"load {loaded - started:.1f} s, render {len(frames)} frame(s) x {speed.steps} steps ({speed.describe()}) "
           f"{rendered - loaded:.1f} s on {device}")

@@ -242,6 +242,27 @@ def test_builtin_methods_on_a_tiny_model(tmp_path, synth_data):
     assert not np.array_equal(*outputs["ours"])    # ...and it does matter to the trained method
 
 
+def test_zero_shot_spec_with_source_pose_gets_the_reference_frames_skeleton(tmp_path, synth_data):
+    """source_pose=on: the method is handed the skeleton of the reference frame (not of a driving frame)."""
+    from marionet.models.tiny import write_tiny_model
+
+    clips = load_clips(synth_data, videos=1, frames=2, ref_frame=4)
+    all_poses = load_clips(synth_data, videos=1, frames=6)[0].poses
+    assert np.array_equal(clips[0].reference_pose, all_poses[4]) and len(clips[0].poses) == 2
+    model = write_tiny_model(tmp_path / "tiny", with_motion=False, seed=0)
+    method = build_method(f"zs=zero-shot:model={model},source_pose=on")
+    assert method.uses_reference_pose and method.settings["source_pose"] is True
+    assert not build_method(f"zs=zero-shot:model={model}").uses_reference_pose  # off unless asked for
+    handed = []
+    call = method.call
+    method.call = lambda pipe, *args, **kw: handed.append(kw["reference_pose"]) or call(pipe, *args, **kw)
+    report = run_comparison(clips, [method], tmp_path / "report", steps=1, progress=False)
+    assert len(handed) == 1 and np.array_equal(handed[0], all_poses[4])
+    assert report["methods"]["zs"]["settings"]["source_pose"] is True
+    with pytest.raises(CompareError, match="source_pose must be on or off"):
+        build_method(f"zs=zero-shot:model={model},source_pose=maybe")
+
+
 def test_stock_zero_shot_spec_on_tiny_folders(tmp_path, tiny_parts, synth_data):
     """zero-shot:base=...,controlnet=...,ip_adapter=...,image_encoder=... loads local folders and renders."""
     from test_zero_shot import dummy_ip_adapter_state_dict, tiny_controlnet

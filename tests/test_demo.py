@@ -1,6 +1,7 @@
 """Stage 0 (the demo's tiny autoencoder). `marionet demo --quick` end to end runs from an installed wheel in
 tests/test_packaging.py."""
 import numpy as np
+import pytest
 import torch
 
 
@@ -49,3 +50,17 @@ def test_spread_between_runs_and_claims_held_in_every_run():
 
     text = spread([run(14.0, True), run(14.5, False)])
     assert "at most 0.50 dB PSNR" in text and "1 of 2 claimed orderings held in every run: a > b on SSIM." in text
+
+
+def test_set_overrides_take_each_settings_type():
+    from marionet.inference.demo import parse_settings
+
+    assert parse_settings(["stage1_steps=400", "guidance=2.5", "unet_channels=16,32", "score=validation",
+                           "zero_shot_source_pose=off"]) == {
+        "stage1_steps": 400, "guidance": 2.5, "unet_channels": (16, 32), "score": "validation",
+        "zero_shot_source_pose": False}
+    assert parse_settings(["zero_shot_source_pose=on"]) == {"zero_shot_source_pose": True}
+    for bad, message in (("nope=1", "KEY one of"), ("stage1_steps=many", "not a valid int"),
+                         ("zero_shot_source_pose=maybe", "not a valid on/off")):
+        with pytest.raises(ValueError, match=message):
+            parse_settings([bad])

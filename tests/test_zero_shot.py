@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers.models.attention_processor import Attention
+from PIL import Image
 
 from marionet.inference.zero_shot import (ZeroShotOptions, ZeroShotPoseTransferPipeline, layer_resolution_divisor,
                                  parse_swap_steps, render_zero_shot, select_swap_layers)
@@ -247,6 +248,54 @@ def test_source_noise_variants_feed_the_previous_prediction(parts, variant):
             assert same == (name == variant), (variant, name, step)
         if variant == "random":
             assert abs(fed_noise.std().item() - 1.0) < 0.5  # fresh Gaussian noise
+
+
+def test_source_pose_conditions_the_source_pass_through_the_controlnet(parts):
+    pipe = zero_shot_pipe(parts)
+    seen = []  # (reference-state mode, ControlNet pose pixels) of every ControlNet call
+    pipe.controlnet.register_forward_pre_hook(
+        lambda m, a, kw: seen.append((pipe.reference_state.mode, kw["controlnet_cond"].clone())), with_kwargs=True)
+    source, poses = images(frames=2)
+    source_pose = np.ascontiguousarray(poses[1][:, ::-1])  # a skeleton none of the targets has
+    run = lambda **kw: pipe(source, poses, num_inference_steps=2, generator=torch.Generator().manual_seed(0),  # noqa
+                            **kw).frames
+    plain = run()
+    assert [mode for mode, _ in seen] == ["swap", "swap"]  # without it the source pass has no pose at all
+    seen.clear()
+    posed = run(source_pose=source_pose)
+    assert [mode for mode, _ in seen] == ["write", "swap"] * 2
+    expected = torch.from_numpy(source_pose).permute(2, 0, 1)[None].float() / 255.0
+    for mode, pixels in seen[::2]:  # one row per source row: 1 at the first step, 2 ("previous-target") after
+        assert torch.allclose(pixels, expected.expand(len(pixels), -1, -1, -1))
+    assert [len(pixels) for _, pixels in seen[::2]] == [1, 2]
+    assert not np.array_equal(plain, posed)
+    seen.clear()  # the same skeleton at twice the size is brought to the source's framing
+    bigger = np.asarray(Image.fromarray(source_pose).resize((2 * SIZE, 2 * SIZE), Image.NEAREST))
+    run(source_pose=bigger)
+    assert seen[0][1].shape == expected.shape and (seen[0][1] - expected).abs().mean() < 0.05
+
+
+def test_source_pose_gives_the_pose_guider_backbone_its_features(tmp_path):
+    from marionet.models import write_tiny_model
+
+    pipe = ZeroShotPoseTransferPipeline.from_model_folder(write_tiny_model(tmp_path / "model"))
+    pipe.set_progress_bar_config(disable=True)
+    with torch.no_grad():  # the Pose Guider ends in a zero conv: give it weights so the features are not all zero
+        torch.manual_seed(3)
+        for param in pipe.pose_guider.parameters():
+            if param.abs().sum() == 0:
+                param.copy_(torch.randn_like(param) * 0.05)
+    seen = []  # (mode, residual added after conv_in) of every UNet call
+    pipe.unet.register_forward_pre_hook(lambda m, a: seen.append(
+        (pipe.reference_state.mode, None if pipe._pose_adder.residual is None else pipe._pose_adder.residual.clone())))
+    source, poses = images(frames=2)
+    pipe(source, poses, num_inference_steps=1, generator=torch.Generator().manual_seed(0))
+    assert seen[0][0] == "write" and seen[0][1] is None
+    seen.clear()
+    pipe(source, poses, source_pose=poses[1], num_inference_steps=1, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = pipe.pose_guider(torch.from_numpy(poses[1]).permute(2, 0, 1)[None].float() / 255.0)
+    assert seen[0][0] == "write" and expected.abs().sum() > 0 and torch.allclose(seen[0][1], expected)
 
 
 def test_cli_options_reach_the_processors(parts):

@@ -61,11 +61,28 @@ def test_trained_form_renders_a_pose_video(folders, tmp_path, capsys):
     assert (frames, width, height) == (3, 64, 64) and abs(fps - 6) < 0.1
 
 
+def test_source_pose_flag_conditions_the_source_pass(folders, tmp_path, capsys):
+    root = folders["root"]
+    Image.fromarray(np.ascontiguousarray(np.asarray(Image.open(root / "pose.png"))[:, ::-1])).save(
+        root / "ref_pose.png")
+    plain, posed = tmp_path / "plain.png", tmp_path / "posed.png"
+    assert main(stock_args(folders, plain, "--pose", str(root / "pose.png"))) == 0
+    assert "source pose none" in capsys.readouterr().out
+    assert main(stock_args(folders, posed, "--pose", str(root / "pose.png"), "--source-pose",
+                           str(root / "ref_pose.png"))) == 0
+    assert "source pose given" in capsys.readouterr().out
+    assert not np.array_equal(np.asarray(Image.open(plain)), np.asarray(Image.open(posed)))
+    assert main(stock_args(folders, tmp_path / "x.png", "--pose", str(root / "pose.png"), "--source-pose",
+                           str(root / "pose.mp4"))) == 2
+    assert "not an image" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("change, message", [
     ({"--base": "missing_dir"}, "SD1.5 base folder"),
     ({"--controlnet": "missing_dir"}, "ControlNet folder"),
     ({"--ip-adapter": "missing.bin"}, "IP-Adapter weights"),
     ({"--ref": "missing.png"}, "--ref"),
+    ({"--source-pose": "missing.png"}, "--source-pose: file not found"),
     ({"--swap-layers": "nowhere"}, "swap layers"),
     ({"--swap-steps": "0.8:0.2"}, "swap_steps"),
     ({"--temperature": "0"}, "temperature"),
