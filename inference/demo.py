@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import platform
 import shutil
 import time
 from dataclasses import dataclass
@@ -279,11 +280,26 @@ def compare(settings: DemoSettings, out: Path, meta: Path) -> dict:
                           overwrite=True, claims=demo_claims())
 
 
+def cpu_description() -> str:
+    """The CPU's model name and the vector unit torch dispatches to, e.g. 'AMD EPYC (AVX2)': what changes the
+    arithmetic between machines."""
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.partition(":")[2].strip()
+                break
+    except OSError:
+        pass
+    return f"{name} ({torch.backends.cpu.get_cpu_capability()})"
+
+
 def _run_line(report: dict, summary: dict) -> str:
     s = report["settings"]
     scored = summary.get("settings", {}).get("score", "heldout").replace("heldout", "held-out")
+    cpu = f"{summary['cpu']}, " if summary.get("cpu") else ""
     return (f"{s['videos']} {scored} videos x {s['frames']} frames, {s['steps']} DDIM steps, seed {s['seed']}; "
-            f"{summary.get('cpu_threads', '?')} CPU cores, {summary.get('torch_threads', '?')} torch thread(s), torch "
+            f"{cpu}{summary.get('cpu_threads', '?')} CPU cores, {summary.get('torch_threads', '?')} torch thread(s), torch "
             f"{report['software'].get('torch')}, {summary.get('total_s', '?')} s in all")
 
 
@@ -370,7 +386,7 @@ def _run_phases(settings: DemoSettings, out: Path, quick: bool) -> dict:
 
     summary = {"settings": dataclasses.asdict(settings), "quick": quick, "stage0": stage0, "stage1": stage1,
                "stock": stock, "stage2": stage2, "phases_s": clock.phases, "total_s": clock.total,
-               "report": str(out / "report" / "report.md"), "cpu_threads": os.cpu_count(),
+               "report": str(out / "report" / "report.md"), "cpu": cpu_description(), "cpu_threads": os.cpu_count(),
                "torch_threads": torch.get_num_threads(),
                "results": {name: {metric: report["methods"][name][metric]["mean"]
                                   for metric in ("psnr", "ssim", "temporal")} for name in report["methods"]},

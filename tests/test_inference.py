@@ -233,9 +233,14 @@ def test_save_and_load_round_trip(video_pipe, tmp_path):
     loaded.set_progress_bar_config(disable=True)
     assert loaded.is_video_model
     reference, poses = sample_inputs(frames=3)
+    for name in ("reference_unet", "denoising_unet", "pose_guider", "vae", "image_encoder"):  # every weight, exactly
+        saved, back = getattr(video_pipe, name).state_dict(), getattr(loaded, name).state_dict()
+        assert saved.keys() == back.keys() and all(torch.equal(saved[k], back[k]) for k in saved), name
     kwargs = dict(num_inference_steps=2, output_type="latent")
+    # Same weights, same call; on a 2-core AMD EPYC one element of 768 still differed by 1.1e-5 between the two
+    # pipelines (the kernels' summation order is not fixed by the weights alone): float32 reordering tolerance.
     torch.testing.assert_close(loaded(reference, poses, generator=gen(1), **kwargs).frames,
-                               video_pipe(reference, poses, generator=gen(1), **kwargs).frames)
+                               video_pipe(reference, poses, generator=gen(1), **kwargs).frames, atol=1e-4, rtol=1e-4)
     assert (tmp_path / "model" / "README.md").is_file()  # a model card
 
 
