@@ -222,14 +222,23 @@ def _zero_shot(spec: MethodSpec, context: dict) -> Method:
     return PipelineMethod(spec.name, load, call, settings, speed=speed, uses_reference_pose=source_pose)
 
 
+def parse_on_off(text) -> bool:
+    """'on' / 'off' (or true/false, yes/no, 1/0) -> bool; ValueError otherwise."""
+    value = str(text).strip().lower()
+    if value in ("on", "true", "yes", "1"):
+        return True
+    if value in ("off", "false", "no", "0"):
+        return False
+    raise ValueError(f"{text!r} is not on or off")
+
+
 def _switch(spec: MethodSpec, options: dict, key: str, default: bool) -> bool:
     """An on/off SPEC option."""
-    value = str(options.get(key, "on" if default else "off")).lower()
-    if value in ("on", "true", "1", "yes"):
-        return True
-    if value in ("off", "false", "0", "no"):
-        return False
-    raise CompareError(f"method {spec.text or spec.name!r}: {key} must be on or off, got {options[key]!r}")
+    try:
+        return parse_on_off(options.get(key, default))
+    except ValueError:
+        raise CompareError(f"method {spec.text or spec.name!r}: {key} must be on or off, "
+                           f"got {options[key]!r}") from None
 
 
 def _zero_shot_options(spec: MethodSpec, options: dict):

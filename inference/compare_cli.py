@@ -65,7 +65,8 @@ def register(subparsers) -> None:
                     "and a stock model without ReferenceNet through the real training core, and compare "
                     "trained-stage2, trained-stage1, zero-shot (on the stock model), stock and pose-only on held-out "
                     "puppets, with 95% intervals and the claimed orderings. No downloads, no GPU. 12 to 15 minutes "
-                    "on 2 fast CPU cores (AVX-512), ~36 on 2 slower ones (docs/benchmarks.md); --quick takes under a minute and its numbers mean nothing. Settings are chosen "
+                    "on 2 fast CPU cores (AVX-512), ~36 on 2 slower ones (docs/benchmarks.md); --quick takes under "
+                    "a minute and its numbers mean nothing. Settings are chosen "
                     "with --set score=validation (scores the validation puppets instead).")
     demo.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     demo.add_argument("--quick", action="store_true", help="tiny step counts: a smoke test of every phase")

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from .compare import parse_on_off
 
 
 @dataclass
@@ -80,9 +81,6 @@ class DemoSettings:
     torch_threads: int = 2
 
 
-TRUE_WORDS, FALSE_WORDS = ("on", "true", "yes", "1"), ("off", "false", "no", "0")
-
-
 def parse_settings(items) -> dict:
     """`--set KEY=VALUE` items -> DemoSettings overrides, each value of its field's type (tuples: comma-separated
     ints, booleans: on/off); ValueError naming the item otherwise."""
@@ -96,9 +94,7 @@ def parse_settings(items) -> dict:
         default = getattr(defaults, key)
         try:
             if isinstance(default, bool):
-                if value.lower() not in TRUE_WORDS + FALSE_WORDS:
-                    raise ValueError(value)
-                overrides[key] = value.lower() in TRUE_WORDS
+                overrides[key] = parse_on_off(value)
             elif isinstance(default, tuple):
                 overrides[key] = tuple(int(v) for v in value.split(","))
             else:
@@ -273,7 +269,8 @@ def compare(settings: DemoSettings, out: Path, meta: Path) -> dict:
     methods = [f"trained-stage2=trained:model={stage2},guidance={g}",
                f"trained-stage1=trained:model={stage1},guidance={g}",
                f"zero-shot=zero-shot:model={stock},guidance={g},"
-               f"source_pose={'on' if settings.zero_shot_source_pose else 'off'}", f"stock=trained:model={stock},guidance={g}",
+               f"source_pose={'on' if settings.zero_shot_source_pose else 'off'}",
+               f"stock=trained:model={stock},guidance={g}",
                f"pose-only=pose-only:model={stock}"]
     return run_comparison(meta, methods, out / "report", videos=settings.compare_videos,
                           frames=settings.compare_frames, steps=settings.inference_steps, seed=settings.seed,
@@ -299,8 +296,8 @@ def _run_line(report: dict, summary: dict) -> str:
     scored = summary.get("settings", {}).get("score", "heldout").replace("heldout", "held-out")
     cpu = f"{summary['cpu']}, " if summary.get("cpu") else ""
     return (f"{s['videos']} {scored} videos x {s['frames']} frames, {s['steps']} DDIM steps, seed {s['seed']}; "
-            f"{cpu}{summary.get('cpu_threads', '?')} CPU cores, {summary.get('torch_threads', '?')} torch thread(s), torch "
-            f"{report['software'].get('torch')}, {summary.get('total_s', '?')} s in all")
+            f"{cpu}{summary.get('cpu_threads', '?')} CPU cores, {summary.get('torch_threads', '?')} torch thread(s), "
+            f"torch {report['software'].get('torch')}, {summary.get('total_s', '?')} s in all")
 
 
 def _load_run(demo_dir: Path) -> tuple[dict, dict]:
