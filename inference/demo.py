@@ -57,6 +57,9 @@ class DemoSettings:
     # +0.79 dB, stock +0.87 dB); 0.3 was needed only while zero-shot ran on stage 1's unconditional path.
     reference_dropout: float = 0.1
     stock_steps: int = 800               # the stock model: stage 1's recipe without the ReferenceNet
+    # Where stage 1 starts: "stock" (the stock model's UNet becomes both UNets and its Pose Guider is kept, as Animate
+    # Anyone starts from SD1.5 and a pose encoder) or "base" (the untrained tiny UNet, a new Pose Guider).
+    stage1_init: str = "stock"
     stage2_steps: int = 150
     stage2_batch: int = 2
     stage2_frames: int = 8
@@ -112,9 +115,9 @@ QUICK = dict(train_videos=4, train_frames=24, heldout_videos=2, heldout_frames=1
 METHOD_ORDER = ("trained-stage2", "trained-stage1", "zero-shot", "stock", "pose-only")
 
 
-# Each phase's share of a full run's time on the 2-core development machine (data, stage 0, stage 1, stock,
+# Each phase's share of a full run's time on the 2-core development machine (data, stage 0, stock, stage 1,
 # stage 2, compare), for the ETA printed after each phase.
-PHASE_SHARES = (0.01, 0.17, 0.32, 0.17, 0.09, 0.24)
+PHASE_SHARES = (0.01, 0.17, 0.17, 0.32, 0.09, 0.24)
 
 
 class PhaseClock:
@@ -218,6 +221,8 @@ def train_stage(stage: int, settings: DemoSettings, out: Path, train_meta: Path,
             f"validation.validation_steps={steps}", "data.min_gap=8",
             f"noise.reference_dropout={settings.reference_dropout}",
         ]
+        if not stock and settings.stage1_init == "stock":
+            overrides.append(f"model.init_model={out / 'stock' / 'model'}")
     else:
         overrides = common + [
             f"model.stage1_model={out / 'stage1' / 'model'}", f"model.motion_module={out / 'base' / 'motion_adapter'}",
@@ -247,6 +252,15 @@ METHOD_LABELS = {
     "stock": "stock (pose + CLIP token, no ReferenceNet: stands for SD1.5 + ControlNet + IP-Adapter)",
     "pose-only": "pose-only (the stock model without its CLIP token: no appearance; the floor)",
 }
+
+
+def method_labels(settings: dict) -> dict:
+    """METHOD_LABELS for a run's settings (demo.json's): says where stage 1 started."""
+    labels = dict(METHOD_LABELS)
+    if settings.get("stage1_init") == "stock":
+        labels["trained-stage1"] = ("trained-stage1 (ReferenceNet, frame by frame; fine-tuned from the stock model, "
+                                    "as the method is from SD1.5)")
+    return labels
 
 
 def demo_claims():
@@ -333,8 +347,9 @@ def update_readme(demo_dirs, files=("README.md", "docs/benchmarks.md"), grid="do
     demo_dirs = [Path(d) for d in ([demo_dirs] if isinstance(demo_dirs, (str, Path)) else demo_dirs)]
     runs = [_load_run(d) for d in demo_dirs]
     report, summary = runs[0]
+    labels = method_labels(summary.get("settings", {}))
     section = (f"Run: {_run_line(report, summary)}. Each figure: mean over the held-out videos and its 95% interval "
-               "(Student's t).\n\n" + summary_table(report, labels=METHOD_LABELS) + "\n\nThe orderings the demo "
+               "(Student's t).\n\n" + summary_table(report, labels=labels) + "\n\nThe orderings the demo "
                "claims, on paired per-video differences (better minus worse, in the metric's good direction):\n\n"
                + claims_table(report))
     if len(runs) > 1:
@@ -353,14 +368,16 @@ def run_demo(out_dir, quick: bool = False, overwrite: bool = False, **overrides)
     from ..errors import UserError
 
     out = Path(out_dir)
+    settings = DemoSettings(**{**(QUICK if quick else {}), **overrides})
+    if settings.score not in ("heldout", "validation"):
+        raise UserError(f"score must be heldout or validation, got {settings.score!r}")
+    if settings.stage1_init not in ("stock", "base"):
+        raise UserError(f"stage1_init must be stock or base, got {settings.stage1_init!r}")
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise UserError(f"{out} exists and is not empty (use --overwrite to replace it)")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = DemoSettings(**{**(QUICK if quick else {}), **overrides})
-    if settings.score not in ("heldout", "validation"):
-        raise UserError(f"score must be heldout or validation, got {settings.score!r}")
     threads = torch.get_num_threads()
     torch.set_num_threads(settings.torch_threads)
     try:
@@ -373,10 +390,11 @@ def _run_phases(settings: DemoSettings, out: Path, quick: bool) -> dict:
     clock = PhaseClock()
     train_meta, validation_meta, heldout_meta = clock.run("data: synthetic puppets", lambda: make_data(settings, out))
     stage0 = clock.run("stage 0: tiny autoencoder", lambda: make_base(settings, train_meta, validation_meta, out))
-    stage1 = clock.run("stage 1: ReferenceNet + denoising UNet + Pose Guider",
-                       lambda: train_stage(1, settings, out, train_meta, validation_meta))
     stock = clock.run("stock model: Pose Guider + CLIP token, no ReferenceNet",
                       lambda: train_stage(1, settings, out, train_meta, validation_meta, stock=True))
+    stage1 = clock.run("stage 1: ReferenceNet + denoising UNet + Pose Guider"
+                       + (", from the stock model" if settings.stage1_init == "stock" else ""),
+                       lambda: train_stage(1, settings, out, train_meta, validation_meta))
     stage2 = clock.run("stage 2: motion modules", lambda: train_stage(2, settings, out, train_meta, validation_meta))
     scored = heldout_meta if settings.score == "heldout" else validation_meta
     report = clock.run(f"compare on {settings.score} puppets", lambda: compare(settings, out, scored))

@@ -64,3 +64,14 @@ def test_set_overrides_take_each_settings_type():
                          ("zero_shot_source_pose=maybe", "not a valid on/off")):
         with pytest.raises(ValueError, match=message):
             parse_settings([bad])
+
+
+def test_stage1_start_is_checked_and_named_in_the_labels(tmp_path):
+    from marionet.errors import UserError
+    from marionet.inference.demo import METHOD_LABELS, method_labels, run_demo
+
+    with pytest.raises(UserError, match="stage1_init must be stock or base"):
+        run_demo(tmp_path / "demo", quick=True, stage1_init="sd15")
+    assert not (tmp_path / "demo").exists()  # refused before anything is written
+    assert "fine-tuned from the stock model" in method_labels({"stage1_init": "stock"})["trained-stage1"]
+    assert method_labels({"stage1_init": "base"}) == METHOD_LABELS

@@ -378,3 +378,53 @@ def test_stock_model_trains_without_a_reference_net_and_every_pipeline_reads_its
     assert np.allclose(plain, render(pipe, references[0], guidance_scale=1.0), atol=1e-5)
     swapped = render(zero_shot, references[0])
     assert not np.allclose(swapped, plain, atol=1e-4)  # the swap adds the source's own tokens
+
+
+def test_stage1_can_start_from_a_stock_or_stage1_model_folder(assets):
+    """model.init_model: a stock folder's UNet starts both UNets (two separate modules) and its Pose Guider is kept; a
+    stage-1 folder continues with its own ReferenceNet; bad folders and conflicting keys are refused by name."""
+    from tests.conftest import randomize_
+    from marionet.models.loading import MissingWeightsError
+    from marionet.train import stage1
+
+    def state(module):
+        return {k: v.clone() for k, v in module.state_dict().items()}
+
+    def same(a, b):
+        return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    stock = stage1.build_animator(tiny_config(assets, **{"model.reference_net": "false"}))
+    randomize_(stock, seed=5)
+    stock_dir = fresh_dir(assets, "init_stock")
+    stock.save_pretrained(stock_dir)
+    (stock_dir / "model_index.json").write_text(json.dumps({"reference_net": False}))
+
+    fresh = stage1.build_animator(tiny_config(assets))
+    started = stage1.build_animator(tiny_config(assets, **{"model.init_model": stock_dir}))
+    assert started.has_reference_net and started.reference_unet is not started.denoising_unet
+    assert same(state(started.denoising_unet), state(stock.denoising_unet))
+    assert same(state(started.reference_unet), state(stock.denoising_unet))
+    assert same(state(started.pose_guider), state(stock.pose_guider))
+    assert not same(state(fresh.denoising_unet), state(started.denoising_unet))  # the check can fail
+
+    with torch.no_grad():  # a ReferenceNet of its own, as training leaves it
+        for param in started.reference_unet.parameters():
+            param.add_(0.01)
+    stage1_dir = fresh_dir(assets, "init_stage1")
+    started.save_pretrained(stage1_dir)
+    resumed = stage1.build_animator(tiny_config(assets, **{"model.init_model": stage1_dir}))
+    assert same(state(resumed.reference_unet), state(started.reference_unet))
+    assert not same(state(resumed.reference_unet), state(resumed.denoising_unet))
+    as_stock = stage1.build_animator(tiny_config(assets, **{"model.init_model": stage1_dir,
+                                                            "model.reference_net": "false"}))
+    assert not as_stock.has_reference_net
+
+    with pytest.raises(MissingWeightsError, match="model.init_model.*nowhere"):
+        stage1.build_animator(tiny_config(assets, **{"model.init_model": assets / "nowhere"}))
+    (stage1_dir / "motion_adapter").mkdir()
+    with pytest.raises(MissingWeightsError, match="motion modules"):
+        stage1.build_animator(tiny_config(assets, **{"model.init_model": stage1_dir}))
+    with pytest.raises(ConfigError, match="drop model.controlnet"):
+        tiny_config(assets, **{"model.init_model": stock_dir, "model.controlnet": stock_dir})
+    with pytest.raises(ConfigError, match="for stage 1"):
+        tiny_config(assets, stage=2, **{"model.init_model": stock_dir})

@@ -21,6 +21,10 @@ class ModelConfig:
     pose_guider_channels: List[int] = field(default_factory=lambda: [16, 32, 96, 256])  # when no ControlNet
     reference_net: bool = True               # stage 1: false trains a stock model (no ReferenceNet: CLIP token only),
                                              # the pose-ControlNet + IP-Adapter analogue the zero-shot baseline runs on
+    init_model: Optional[str] = None         # stage 1: an exported model folder (stock or stage 1) whose UNet(s) and
+                                             # Pose Guider start training instead of base_model's unet/ and a new
+                                             # guider (a stock folder's UNet becomes both UNets); base_model still
+                                             # gives the VAE, image encoder and scheduler
     stage1_model: Optional[str] = None       # stage 2: the exported stage-1 model folder
     motion_module: Optional[str] = None      # stage 2: MotionAdapter folder or original-format .ckpt
 
@@ -201,6 +205,10 @@ def check_config(cfg: TrainConfig) -> None:
         problems.append("set data.meta (a meta.json) or data.shards (WebDataset URLs)")
     if cfg.stage == 1 and not cfg.model.base_model:
         problems.append("stage 1 needs model.base_model (an SD1.5-family folder with unet/)")
+    if cfg.model.init_model and cfg.stage != 1:
+        problems.append("model.init_model is for stage 1 (stage 2 starts from model.stage1_model)")
+    if cfg.model.init_model and cfg.model.controlnet:
+        problems.append("model.init_model already gives the Pose Guider: drop model.controlnet")
     if cfg.stage == 2 and (not cfg.model.stage1_model or not cfg.model.motion_module):
         problems.append("stage 2 needs model.stage1_model and model.motion_module")
     for name in ("train_batch_size", "gradient_accumulation_steps", "max_train_steps"):

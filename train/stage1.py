@@ -4,7 +4,9 @@
 
 Both UNets start from the base (SD1.5-family) UNet; the Pose Guider from a ControlNet-openpose folder when
 model.controlnet is set, else from its own initialisation (zero output conv either way, so training starts from the
-base UNet's behaviour). The loop itself is train/core.py, shared with stage 2.
+base UNet's behaviour). With model.init_model, an exported model folder starts training instead: a stock model's
+UNet becomes both UNets and its Pose Guider is kept (as the method starts from a pose-conditioned SD1.5), a stage-1
+folder continues as it is. The loop itself is train/core.py, shared with stage 2.
 
 This file is also run as a script, so it imports the package by its absolute name.
 """
@@ -61,6 +63,8 @@ def build_animator(cfg):
     from marionet.models.loading import MissingWeightsError, offline_kwargs, require_dir
 
     base = Path(cfg.model.base_model)
+    if cfg.model.init_model:
+        return _animator_from_model_folder(cfg)
     if base.is_file():  # an original single-file checkpoint
         from marionet.models.convert.base import load_base_components
 
@@ -84,6 +88,31 @@ def build_animator(cfg):
                             conditioning_embedding_channels=width)
     if not cfg.model.reference_net:  # a stock model: the base UNet + Pose Guider, appearance from the CLIP token
         return Animator(None, unet, guider)
+    return Animator.from_base_unet(unet, guider)
+
+
+def _animator_from_model_folder(cfg):
+    """`model.init_model`: the parts of an exported stage-1 or stock folder, trainable; a stock folder's UNet is
+    cloned into the ReferenceNet, as `from_base_unet` does with a base UNet."""
+    from diffusers import UNet2DConditionModel
+
+    from marionet.models import Animator, PoseGuider
+    from marionet.models.animator import has_reference_net
+    from marionet.models.loading import MissingWeightsError, offline_kwargs, require_dir
+
+    folder = require_dir(cfg.model.init_model, "model.init_model (an exported stage-1 or stock model)", must_contain=())
+    if (folder / "motion_adapter").exists():
+        raise MissingWeightsError(f"model.init_model: {folder} has motion modules (a stage-2 model); give a stage-1 "
+                                  "or stock model folder")
+    what = f"model.init_model {folder}"
+    unet = UNet2DConditionModel.from_pretrained(require_dir(folder / "denoising_unet", what), **offline_kwargs())
+    guider = PoseGuider.from_pretrained(require_dir(folder / "pose_guider", what), **offline_kwargs())
+    if not cfg.model.reference_net:
+        return Animator(None, unet, guider)
+    if has_reference_net(folder):
+        reference = UNet2DConditionModel.from_pretrained(require_dir(folder / "reference_unet", what),
+                                                         **offline_kwargs())
+        return Animator(reference, unet, guider)
     return Animator.from_base_unet(unet, guider)
 
 
