@@ -60,7 +60,7 @@ def build_animator(cfg):
     from diffusers import UNet2DConditionModel
 
     from marionet.models import Animator, PoseGuider
-    from marionet.models.loading import MissingWeightsError, offline_kwargs, require_dir
+    from marionet.models.loading import offline_kwargs, require_dir
 
     base = Path(cfg.model.base_model)
     if cfg.model.init_model:
@@ -72,12 +72,7 @@ def build_animator(cfg):
     else:
         unet = UNet2DConditionModel.from_pretrained(require_dir(base / "unet", "base UNet (model.base_model)"),
                                                     **offline_kwargs())
-    encoder_dir = Path(cfg.model.image_encoder or base / "image_encoder")
-    projection = json.loads((encoder_dir / "config.json").read_text()).get("projection_dim")
-    if projection is not None and projection != unet.config.cross_attention_dim:
-        raise MissingWeightsError(f"image encoder {encoder_dir} gives {projection}-d embeddings but the base UNet's "
-                                  f"cross-attention takes {unet.config.cross_attention_dim}-d: use a matching pair "
-                                  "(e.g. sd-image-variations' unet/ and image_encoder/)")
+    check_image_encoder_fits(cfg, unet)
     width = unet.config.block_out_channels[0]
     if cfg.model.controlnet:
         from marionet.models.convert.base import load_pose_guider_init
@@ -89,6 +84,18 @@ def build_animator(cfg):
     if not cfg.model.reference_net:  # a stock model: the base UNet + Pose Guider, appearance from the CLIP token
         return Animator(None, unet, guider)
     return Animator.from_base_unet(unet, guider)
+
+
+def check_image_encoder_fits(cfg, unet) -> None:
+    """The CLIP image embedding must be as wide as the UNet's cross-attention; else name both folders."""
+    from marionet.models.loading import MissingWeightsError
+
+    encoder_dir = Path(cfg.model.image_encoder or Path(cfg.model.base_model) / "image_encoder")
+    projection = json.loads((encoder_dir / "config.json").read_text()).get("projection_dim")
+    if projection is not None and projection != unet.config.cross_attention_dim:
+        raise MissingWeightsError(f"image encoder {encoder_dir} gives {projection}-d embeddings but the starting "
+                                  f"UNet's cross-attention takes {unet.config.cross_attention_dim}-d: use a matching "
+                                  "pair (e.g. sd-image-variations' unet/ and image_encoder/)")
 
 
 def _animator_from_model_folder(cfg):
@@ -107,6 +114,7 @@ def _animator_from_model_folder(cfg):
     what = f"model.init_model {folder}"
     unet = UNet2DConditionModel.from_pretrained(require_dir(folder / "denoising_unet", what), **offline_kwargs())
     guider = PoseGuider.from_pretrained(require_dir(folder / "pose_guider", what), **offline_kwargs())
+    check_image_encoder_fits(cfg, unet)
     if not cfg.model.reference_net:
         return Animator(None, unet, guider)
     if has_reference_net(folder):
