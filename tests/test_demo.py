@@ -1,5 +1,7 @@
 """Stage 0 (the demo's tiny autoencoder). `marionet demo --quick` end to end runs from an installed wheel in
 tests/test_packaging.py."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -75,3 +77,26 @@ def test_stage1_start_is_checked_and_named_in_the_labels(tmp_path):
     assert not (tmp_path / "demo").exists()  # refused before anything is written
     assert "fine-tuned from the stock model" in method_labels({"stage1_init": "stock"})["trained-stage1"]
     assert method_labels({"stage1_init": "base"}) == METHOD_LABELS
+
+
+def test_each_stage_trains_with_its_own_settings(tmp_path, monkeypatch):
+    """The stock model trains at stock_lr, stage 1 (fine-tuned from it) at stage1_lr, stage 2 at its frame stride."""
+    import marionet.train.core as core
+    from marionet.inference import demo
+
+    seen = {}
+
+    def fake_run(config):
+        seen[Path(config.output_dir).name] = config
+        return core.TrainResult(Path(config.output_dir), None, losses={1: 0.5, 2: 0.25})
+
+    monkeypatch.setattr(core, "run", fake_run)
+    settings = demo.DemoSettings(stock_lr=3e-4, stage1_lr=1e-4, stage2_lr=7e-4, stage2_frame_stride=3)
+    meta = tmp_path / "meta.json"
+    demo.train_stage(1, settings, tmp_path, meta, meta, stock=True)
+    demo.train_stage(1, settings, tmp_path, meta, meta)
+    demo.train_stage(2, settings, tmp_path, meta, meta)
+    assert seen["stock"].optim.learning_rate == 3e-4 and not seen["stock"].model.reference_net
+    assert seen["stage1"].optim.learning_rate == 1e-4
+    assert seen["stage1"].model.init_model == str(tmp_path / "stock" / "model")
+    assert seen["stage2"].optim.learning_rate == 7e-4 and seen["stage2"].data.frame_stride == 3
