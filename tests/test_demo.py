@@ -100,3 +100,15 @@ def test_each_stage_trains_with_its_own_settings(tmp_path, monkeypatch):
     assert seen["stage1"].optim.learning_rate == 1e-4
     assert seen["stage1"].model.init_model == str(tmp_path / "stock" / "model")
     assert seen["stage2"].optim.learning_rate == 7e-4 and seen["stage2"].data.frame_stride == 3
+
+
+@pytest.mark.parametrize("score,videos", [("heldout", 5), ("validation", 7)])
+def test_compare_scores_compare_videos_held_out_and_every_validation_puppet(tmp_path, monkeypatch, score, videos):
+    """Held-out scoring takes compare_videos; choosing settings (score=validation) scores all validation puppets."""
+    import marionet.inference.compare as compare_module
+    from marionet.inference import demo
+
+    seen = {}
+    monkeypatch.setattr(compare_module, "run_comparison", lambda meta, methods, out, **kw: seen.update(kw) or {})
+    demo.compare(demo.DemoSettings(compare_videos=5, validation_videos=7, score=score), tmp_path, tmp_path / "m.json")
+    assert seen["videos"] == videos and len(seen["claims"]) == 10
