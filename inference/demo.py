@@ -124,9 +124,9 @@ QUICK = dict(train_videos=4, train_frames=24, heldout_videos=2, heldout_frames=1
 METHOD_ORDER = ("trained-stage2", "trained-stage1", "zero-shot", "stock", "pose-only")
 
 
-# Each phase's share of a full run's time on the 2-core development machine (data, stage 0, stock, stage 1,
-# stage 2, compare), for the ETA printed after each phase.
-PHASE_SHARES = (0.01, 0.17, 0.17, 0.32, 0.09, 0.24)
+# Each phase's share of a full run's time (data, stage 0, stock, stage 1, stage 2, compare), for the ETA printed after
+# each phase: measured on the 2-core Intel AVX-512 box (docs/benchmarks.md, 632 s in all).
+PHASE_SHARES = (0.01, 0.15, 0.17, 0.29, 0.16, 0.22)
 
 
 class PhaseClock:
