@@ -80,7 +80,8 @@ def test_stage1_start_is_checked_and_named_in_the_labels(tmp_path):
 
 
 def test_each_stage_trains_with_its_own_settings(tmp_path, monkeypatch):
-    """The stock model trains at stock_lr, stage 1 (fine-tuned from it) at stage1_lr, stage 2 at its frame stride."""
+    """The stock model trains at stock_lr, stage 1 (fine-tuned from it) at stage1_lr, stage 2 at its frame stride;
+    all three with EMA at ema_decay (0: none)."""
     import marionet.train.core as core
     from marionet.inference import demo
 
@@ -100,6 +101,9 @@ def test_each_stage_trains_with_its_own_settings(tmp_path, monkeypatch):
     assert seen["stage1"].optim.learning_rate == 1e-4
     assert seen["stage1"].model.init_model == str(tmp_path / "stock" / "model")
     assert seen["stage2"].optim.learning_rate == 7e-4 and seen["stage2"].data.frame_stride == 3
+    assert all(config.optim.use_ema and config.optim.ema_decay == settings.ema_decay for config in seen.values())
+    demo.train_stage(2, demo.DemoSettings(ema_decay=0.0), tmp_path, meta, meta)
+    assert not seen["stage2"].optim.use_ema
 
 
 @pytest.mark.parametrize("score,videos", [("heldout", 5), ("validation", 7)])
