@@ -129,8 +129,8 @@ METHOD_ORDER = ("trained-stage2", "trained-stage1", "zero-shot", "stock", "pose-
 
 
 # Each phase's share of a full run's time (data, stage 0, stock, stage 1, stage 2, compare), for the ETA printed after
-# each phase: measured on the 2-core Intel AVX-512 box (docs/benchmarks.md, 632 s in all).
-PHASE_SHARES = (0.01, 0.15, 0.17, 0.29, 0.16, 0.22)
+# each phase: measured on a 2-core Intel AVX-512 box (docs/benchmarks.md, 799 s in all).
+PHASE_SHARES = (0.01, 0.16, 0.16, 0.30, 0.16, 0.21)
 
 
 class PhaseClock:
