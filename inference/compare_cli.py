@@ -73,10 +73,12 @@ def register(subparsers) -> None:
     demo.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     demo.add_argument("--update-readme", action="store_true",
                       help="write the README's demo table (means, 95%% intervals, claimed orderings) and "
-                           "docs/images/demo_grid.png from this run's report (run from the repository root)")
+                           "docs/images/demo_grid.png from this run's report, and keep the runs' report.json and "
+                           "demo.json in docs/demo_runs/run1, run2, ... (run from the repository root)")
     demo.add_argument("--from", dest="from_dirs", action="append", metavar="DEMO_DIR",
                       help="with --update-readme: take earlier runs' folders instead of running the demo (the table "
-                           "from the first; repeat it to state the spread between runs)")
+                           "from the first; repeat it to state the spread between runs); docs/demo_runs/runN works "
+                           "too")
     demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="override a demo setting (see inference/demo.py DemoSettings), e.g. --set stage1_steps=400")
     demo.set_defaults(func=run_demo)

@@ -353,15 +353,32 @@ def spread(runs: list[tuple[dict, dict]], metrics=("psnr", "ssim", "temporal")) 
     return "\n".join(lines)
 
 
-def update_readme(demo_dirs, files=("README.md", "docs/benchmarks.md"), grid="docs/images/demo_grid.png") -> list[str]:
+def archive_runs(runs: list[tuple[dict, dict]], folder) -> Path:
+    """Keep the runs a README section was made from: FOLDER/run<i>/report/report.json and demo.json, a demo folder's
+    layout, so `--update-readme --from FOLDER/run1 --from FOLDER/run2 ...` remakes the section from the repository
+    alone (and later runs can be set beside them). The folder is replaced as a whole, atomically."""
+    from ..atomic import atomic_folder
+
+    with atomic_folder(folder) as temp:
+        for i, (report, summary) in enumerate(runs, 1):
+            (temp / f"run{i}" / "report").mkdir(parents=True)
+            (temp / f"run{i}" / "report" / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+            if summary:
+                (temp / f"run{i}" / "demo.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return Path(folder)
+
+
+def update_readme(demo_dirs, files=("README.md", "docs/benchmarks.md"), grid="docs/images/demo_grid.png",
+                  archive="docs/demo_runs") -> list[str]:
     """Write the README's demo section (table with 95% intervals, claimed orderings, run line, and the spread over
-    all given runs) and the grid, from the first run's report.json; nothing in it is typed by hand."""
+    all given runs) and the grid, from the first run's report.json; nothing in it is typed by hand. The runs'
+    report.json and demo.json are kept under `archive` (None: not kept), in the order given."""
     from ..atomic import atomic_path
     from ..markers import replace_marked
     from .report import claims_table, summary_table
 
     demo_dirs = [Path(d) for d in ([demo_dirs] if isinstance(demo_dirs, (str, Path)) else demo_dirs)]
-    runs = [_load_run(d) for d in demo_dirs]
+    runs = [_load_run(d) for d in demo_dirs]  # all read before the archive (which may be among them) is replaced
     report, summary = runs[0]
     labels = method_labels(summary.get("settings", {}))
     section = (f"Run: {_run_line(report, summary)}. Each figure: mean over the held-out videos and its 95% interval "
@@ -376,6 +393,8 @@ def update_readme(demo_dirs, files=("README.md", "docs/benchmarks.md"), grid="do
         with atomic_path(Path(grid)) as temp:
             shutil.copyfile(grids[0], temp)
         changed.append(str(grid))
+    if archive is not None and Path(archive).parent.is_dir():
+        changed.append(str(archive_runs(runs, archive)) + "/")
     return changed
 
 

@@ -1,5 +1,6 @@
 """Stage 0 (the demo's tiny autoencoder). `marionet demo --quick` end to end runs from an installed wheel in
 tests/test_packaging.py."""
+import json
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,25 @@ def test_spread_between_runs_and_claims_held_in_every_run():
 
     text = spread([run(14.0, True), run(14.5, False)])
     assert "at most 0.50 dB PSNR" in text and "1 of 2 claimed orderings held in every run: a > b on SSIM." in text
+
+
+def test_archived_runs_can_be_set_beside_new_ones(tmp_path):
+    from marionet.inference.demo import _load_run, archive_runs
+
+    def demo_folder(name, psnr):
+        folder = tmp_path / name
+        (folder / "report").mkdir(parents=True)
+        (folder / "report" / "report.json").write_text(json.dumps({"methods": {"a": {"psnr": {"mean": psnr}}}}))
+        (folder / "demo.json").write_text(json.dumps({"total_s": psnr}))
+        return folder
+
+    archive = tmp_path / "docs" / "demo_runs"
+    archive_runs([_load_run(demo_folder("old", 14.0))], archive)
+    # the archive's own run1 is read before the archive is replaced, so it becomes run2 beside the new run
+    archive_runs([_load_run(demo_folder("new", 15.0)), _load_run(archive / "run1")], archive)
+    assert [_load_run(archive / f"run{i}")[1]["total_s"] for i in (1, 2)] == [15.0, 14.0]
+    assert sorted(p.name for p in archive.iterdir()) == ["run1", "run2"]  # nothing left over from the swap
+    assert not [p for p in archive.parent.iterdir() if p.name.startswith(".")]
 
 
 def test_set_overrides_take_each_settings_type():

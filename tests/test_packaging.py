@@ -104,6 +104,14 @@ def test_fresh_venv_outside_the_repository_runs_the_demo(wheel, tmp_path):
     assert "| trained-stage2 (ReferenceNet + motion modules: the method, video) |" in readme
     assert "stands for SD1.5 + ControlNet + IP-Adapter" in readme
     assert (work / "docs" / "images" / "demo_grid.png").is_file()
+    # the runs it was made from are kept in the repository, and remake the same section from there
+    kept = work / "docs" / "demo_runs" / "run1"
+    assert json.loads((kept / "report" / "report.json").read_text()) == report
+    assert json.loads((kept / "demo.json").read_text()) == summary
+    (work / "README.md").write_text("intro\n<!-- demo:table -->\nSTALE TEXT\n<!-- /demo:table -->\nend\n")
+    remade = run(str(venv / "bin" / "marionet"), "demo", "--update-readme", "--from", str(kept))
+    assert remade.returncode == 0, remade.stderr
+    assert (work / "README.md").read_text() == readme
     # the demo never overwrites silently
     again = run(str(venv / "bin" / "marionet"), "demo", "--quick", "--out", str(out))
     assert again.returncode == 2 and "exists" in again.stderr
