@@ -76,9 +76,10 @@ class DemoSettings:
     lr_scheduler: str = "constant"       # stages 1, stock, 2 (diffusers get_scheduler name)
     # EMA of the trained weights (what is exported; 0: none), stock model and stages 1 and 2. diffusers' EMAModel
     # caps the decay at (1 + t) / (10 + t): 0.989 at step 800, 0.971 at step 300. On the 36 validation puppets at 2
-    # threads: 10/10 orderings (without it 9/10: stage 1 vs zero-shot +0.14 dB [-0.19, 0.47], with it +0.42
-    # [0.11, 0.73]; without EMA on stage 2, stage 2 fell 0.19 dB below stage 1). At 1 thread: 7/10 (the PSNR leads
-    # over zero-shot level), see docs/benchmarks.md.
+    # threads on Intel AVX-512: 10/10 orderings (without it 9/10: stage 1 vs zero-shot +0.14 dB [-0.19, 0.47], with
+    # it +0.42 [0.11, 0.73]; without EMA on stage 2, stage 2 fell 0.19 dB below stage 1). At 1 thread: 7/10 (the PSNR
+    # leads over zero-shot level); on an AMD AVX2 box 8/10 (zero-shot vs stock on SSIM level, stage 2 0.17 dB below
+    # stage 1), see docs/benchmarks.md.
     ema_decay: float = 0.995
     # comparison
     compare_videos: int = 24             # held-out videos scored (validation: all of them); more videos with fewer
