@@ -1,5 +1,5 @@
-"""Stage 0 (the demo's tiny autoencoder). `marionet demo --quick` end to end runs from an installed wheel in
-tests/test_packaging.py."""
+"""The demo's parts: stage 0 (the tiny autoencoder), its settings, the spread between runs and the kept runs
+(docs/demo_runs). `marionet demo --quick` end to end runs from an installed wheel in tests/test_packaging.py."""
 import json
 from pathlib import Path
 
