@@ -308,9 +308,14 @@ def compare(settings: DemoSettings, out: Path, meta: Path) -> dict:
                           overwrite=True, claims=demo_claims())
 
 
+# Environment variables that pin the math libraries' code paths (read when torch starts): oneDNN's instruction set
+# and MKL's reproducibility branch. torch's own (ATEN_CPU_CAPABILITY) shows in get_cpu_capability().
+MATH_PINS = ("ONEDNN_MAX_CPU_ISA", "MKL_CBWR")
+
+
 def cpu_description() -> str:
-    """The CPU's model name and the vector unit torch dispatches to, e.g. 'AMD EPYC (AVX2)': what changes the
-    arithmetic between machines."""
+    """The CPU's model name, the vector unit torch dispatches to and any math-library pins, e.g. 'AMD EPYC (AVX2)' or
+    'AMD EPYC (AVX2; ONEDNN_MAX_CPU_ISA=AVX2)': what changes the arithmetic between machines."""
     name = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -319,7 +324,8 @@ def cpu_description() -> str:
                 break
     except OSError:
         pass
-    return f"{name} ({torch.backends.cpu.get_cpu_capability()})"
+    pins = "".join(f"; {key}={os.environ[key]}" for key in MATH_PINS if os.environ.get(key))
+    return f"{name} ({torch.backends.cpu.get_cpu_capability()}{pins})"
 
 
 def _run_line(report: dict, summary: dict) -> str:

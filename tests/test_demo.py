@@ -74,6 +74,18 @@ def test_archived_runs_can_be_set_beside_new_ones(tmp_path):
     assert not [p for p in archive.parent.iterdir() if p.name.startswith(".")]
 
 
+def test_cpu_description_names_the_vector_unit_and_math_library_pins(monkeypatch):
+    from marionet.inference.demo import cpu_description
+
+    for key in ("ONEDNN_MAX_CPU_ISA", "MKL_CBWR"):
+        monkeypatch.delenv(key, raising=False)
+    plain = cpu_description()
+    assert plain.endswith(f"({torch.backends.cpu.get_cpu_capability()})")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setenv("MKL_CBWR", "AVX2")
+    assert cpu_description() == plain[:-1] + "; ONEDNN_MAX_CPU_ISA=AVX2; MKL_CBWR=AVX2)"
+
+
 def test_set_overrides_take_each_settings_type():
     from marionet.inference.demo import parse_settings
 

@@ -325,10 +325,15 @@ def test_video_validation_draws_the_noise_the_exported_video_model_samples_from(
         pipe = PoseToVideoPipeline.from_pretrained(folder)
         pipe.set_progress_bar_config(disable=True)
         exported = render_items(pipe, items, 2, 2.0, seed=5)[0]
-        assert shown.shape == (4, 32, 32, 3) and np.array_equal(shown, exported), rho
+        # The same draw and weights, but the reloaded folder's tensors are read from safetensors files at addresses
+        # that are not 64-byte aligned, and MKL rounds unaligned data a last bit apart on some CPUs (an AVX-512 EPYC:
+        # CLIP embeddings 3e-7 apart, 1 pixel of 12288 one level off). Another noise would move every pixel (below).
+        moved = np.abs(shown.astype(int) - exported.astype(int))
+        assert shown.shape == (4, 32, 32, 3) and moved.max() <= 1 and (moved > 0).mean() < 1e-3, (rho, moved.max())
         if rho == 0.0:
             independent = shown
-    assert not np.array_equal(independent, shown)  # the correlation changes the render: the check can fail
+    # the correlation changes the render, by far more than the rounding above: the check can fail
+    assert np.abs(independent.astype(int) - shown.astype(int)).mean() > 1.0
 
 
 def test_stock_model_trains_without_a_reference_net_and_every_pipeline_reads_its_clip_token(assets):
