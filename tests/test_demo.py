@@ -75,9 +75,9 @@ def test_archived_runs_can_be_set_beside_new_ones(tmp_path):
 
 
 def test_cpu_description_names_the_vector_unit_and_math_library_pins(monkeypatch):
-    from marionet.inference.demo import cpu_description
+    from marionet.inference.demo import MATH_PINS, cpu_description
 
-    for key in ("ONEDNN_MAX_CPU_ISA", "MKL_CBWR"):
+    for key in MATH_PINS:
         monkeypatch.delenv(key, raising=False)
     plain = cpu_description()
     assert plain.endswith(f"({torch.backends.cpu.get_cpu_capability()})")
