@@ -148,3 +148,24 @@ def test_compare_scores_compare_videos_held_out_and_every_validation_puppet(tmp_
     monkeypatch.setattr(compare_module, "run_comparison", lambda meta, methods, out, **kw: seen.update(kw) or {})
     demo.compare(demo.DemoSettings(compare_videos=5, validation_videos=7, score=score), tmp_path, tmp_path / "m.json")
     assert seen["videos"] == videos and len(seen["claims"]) == 10
+
+
+def test_zero_shot_swap_steps_are_checked_passed_to_the_method_and_named(tmp_path, monkeypatch):
+    """zero_shot_swap_steps reaches the zero-shot method spec (parsed as compare parses it), a bad value is refused
+    before anything is written, and the report's label says in which steps the swap ran."""
+    import marionet.inference.compare as compare_module
+    from marionet.errors import UserError
+    from marionet.inference import demo
+
+    with pytest.raises(UserError, match="zero_shot_swap_steps"):
+        demo.run_demo(tmp_path / "demo", quick=True, zero_shot_swap_steps="0.8:0.2")
+    assert not (tmp_path / "demo").exists()
+
+    seen = {}
+    monkeypatch.setattr(compare_module, "run_comparison", lambda meta, methods, *a, **k: seen.update(methods=methods))
+    demo.compare(demo.DemoSettings(zero_shot_swap_steps="0:0.6"), tmp_path, tmp_path / "meta.json")
+    spec = compare_module.parse_method(next(m for m in seen["methods"] if m.startswith("zero-shot=")))
+    assert compare_module._zero_shot_options(spec, dict(spec.options)).swap_steps == (0.0, 0.6)
+
+    assert "in the noisiest 60% of the steps" in demo.method_labels({"zero_shot_swap_steps": "0:0.6"})["zero-shot"]
+    assert demo.method_labels({})["zero-shot"] == demo.METHOD_LABELS["zero-shot"]  # runs from before: every step
