@@ -51,6 +51,12 @@ class DemoSettings:
     unet_channels: tuple = (32, 64)
     norm_num_groups: int = 8             # UNet and motion modules: 4 channels per group at the first width
     pose_guider_channels: tuple = (8, 16, 32)
+    # Heads per UNet attention (ReferenceNet and denoising UNet alike; same weights, only the split changes). 8 gives
+    # 4 and 8 channels per head. CPU attention cost grows with the heads at a fixed width (one softmax per head):
+    # fwd+bwd of a 256-token self-attention at batch 8 takes 19 ms with 8 heads, 3 with 2. With 2, the training
+    # phases took 650 s instead of 886 at 2 threads on the AVX-512 EPYC, but on validation 9/10 orderings on three
+    # arithmetics (docs/benchmarks.md, eleventh session); not the default until it has held-out runs.
+    unet_attention_heads: int = 8
     # stage 1 (frames) and stage 2 (clips, motion modules only)
     stage1_steps: int = 800
     stage1_batch: int = 8
@@ -197,7 +203,8 @@ def make_base(settings: DemoSettings, train_meta: Path, validation_meta: Path, o
 
     parts = build_tiny_components(seed=settings.seed, with_motion=True, unet_channels=settings.unet_channels,
                                   vae_channels=settings.vae_channels, norm_num_groups=settings.norm_num_groups,
-                                  pose_guider_channels=settings.pose_guider_channels)
+                                  pose_guider_channels=settings.pose_guider_channels,
+                                  attention_heads=settings.unet_attention_heads)
     parts.pop("pose_guider")  # stage 1 builds it from model.pose_guider_channels
     torch.manual_seed(settings.seed)
     # No attention in the autoencoder's mid block: purely convolutional, so it can train on crops.

@@ -18,13 +18,15 @@ TINY_WIDTH = 32  # UNet first-block width == cross-attention (CLIP projection) w
 
 
 def tiny_unet_config(block_out_channels=(32, 64), layers_per_block: int = 1, cross_attention_dim: int = TINY_WIDTH,
-                     sample_size: int = 8, norm_num_groups: int | None = None) -> dict:
+                     sample_size: int = 8, norm_num_groups: int | None = None, attention_heads: int = 8) -> dict:
+    """attention_heads: heads in every transformer block (diffusers' UNet2DConditionModel reads its
+    `attention_head_dim` as the number of heads)."""
     return dict(
         sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=layers_per_block,
         block_out_channels=tuple(block_out_channels),
         down_block_types=("CrossAttnDownBlock2D",) * len(block_out_channels),
         up_block_types=("CrossAttnUpBlock2D",) * len(block_out_channels),
-        cross_attention_dim=cross_attention_dim, attention_head_dim=8,
+        cross_attention_dim=cross_attention_dim, attention_head_dim=attention_heads,
         norm_num_groups=norm_num_groups or min(32, block_out_channels[0]),
     )
 
@@ -60,7 +62,7 @@ def training_scheduler(prediction_type: str = "epsilon", zero_terminal_snr: bool
 def build_tiny_components(seed: int = 0, with_motion: bool = False, unet_channels=(32, 64),
                           vae_channels=(32, 32, 64, 64), layers_per_block: int = 1,
                           pose_guider_channels=(8, 16, 32, 64), clip_image_size: int = 32,
-                          norm_num_groups: int | None = None) -> dict:
+                          norm_num_groups: int | None = None, attention_heads: int = 8) -> dict:
     """A complete tiny set: unet, vae, image_encoder, feature_extractor, scheduler, pose_guider[, motion_adapter].
 
     norm_num_groups (UNet, VAE and motion modules) defaults to one channel per group at the first width, which is
@@ -75,7 +77,8 @@ def build_tiny_components(seed: int = 0, with_motion: bool = False, unet_channel
 
     parts = {
         "unet": seeded(lambda: UNet2DConditionModel(**tiny_unet_config(unet_channels, layers_per_block, width,
-                                                                        norm_num_groups=groups))),
+                                                                        norm_num_groups=groups,
+                                                                        attention_heads=attention_heads))),
         "vae": seeded(lambda: AutoencoderKL(**tiny_vae_config(vae_channels, norm_num_groups=norm_num_groups))),
         "image_encoder": seeded(lambda: CLIPVisionModelWithProjection(tiny_clip_config(clip_image_size, width))),
         "feature_extractor": clip_image_processor_class()(

@@ -169,3 +169,17 @@ def test_zero_shot_swap_steps_are_checked_passed_to_the_method_and_named(tmp_pat
 
     assert "in the noisiest 60% of the steps" in demo.method_labels({"zero_shot_swap_steps": "0:0.6"})["zero-shot"]
     assert demo.method_labels({})["zero-shot"] == demo.METHOD_LABELS["zero-shot"]  # runs from before: every step
+
+
+def test_unet_attention_heads_split_the_same_weights():
+    """The head count only splits the attention channels: a tiny set with 2 heads has every UNet attention at 2 heads
+    and the same seeded weights as one with 8 (so the demo's stage 0 and initial UNet do not depend on it)."""
+    from marionet.models.tiny import build_tiny_components
+
+    sizes = dict(seed=0, unet_channels=(32, 64), norm_num_groups=8, pose_guider_channels=(8, 16, 32))
+    eight, two = build_tiny_components(**sizes)["unet"], build_tiny_components(**sizes, attention_heads=2)["unet"]
+    heads = {module.heads for module in two.modules() if type(module).__name__ == "Attention"}
+    assert heads == {2} and {module.heads for module in eight.modules() if type(module).__name__ == "Attention"} == {8}
+    assert two.config.attention_head_dim == 2
+    weights = eight.state_dict()
+    assert all(torch.equal(weights[name], value) for name, value in two.state_dict().items())
