@@ -76,7 +76,8 @@ def test_fresh_venv_outside_the_repository_runs_the_demo(wheel, tmp_path):
     assert helped.returncode == 0 and "demo" in helped.stdout
 
     out = work / "demo"
-    result = run(str(venv / "bin" / "marionet"), "demo", "--quick", "--out", str(out), timeout=600)
+    result = run(str(venv / "bin" / "marionet"), "demo", "--quick", "--out", str(out),
+                 "--set", "unet_attention_heads=4", timeout=600)  # not the default: the setting must reach every UNet
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "report" / "report.json").read_text())
     assert set(report["methods"]) == {"trained-stage2", "trained-stage1", "zero-shot", "stock", "pose-only"}
@@ -88,10 +89,10 @@ def test_fresh_venv_outside_the_repository_runs_the_demo(wheel, tmp_path):
     assert not (out / "stock" / "model" / "reference_unet").exists()  # the stock stand-in has no ReferenceNet
     assert (out / "stage1" / "model" / "model_index.json").is_file()
     assert (out / "stage2" / "model" / "motion_adapter").is_dir()
-    heads = summary["settings"]["unet_attention_heads"]  # diffusers names the UNet's head count attention_head_dim
+    assert summary["settings"]["unet_attention_heads"] == 4  # diffusers names the head count attention_head_dim
     for unet in ("stock/model/denoising_unet", "stage1/model/reference_unet", "stage1/model/denoising_unet",
                  "stage2/model/denoising_unet"):
-        assert json.loads((out / unet / "config.json").read_text())["attention_head_dim"] == heads, unet
+        assert json.loads((out / unet / "config.json").read_text())["attention_head_dim"] == 4, unet
     assert "stage 2" in (out / "stage2" / "model" / "README.md").read_text()  # the model card
     assert any((out / "stage1" / "logs").rglob("events.out.tfevents*"))  # TensorBoard logs
     assert "report.md" in result.stdout and "total" in result.stdout
