@@ -51,14 +51,15 @@ class DemoSettings:
     unet_channels: tuple = (32, 64)
     norm_num_groups: int = 8             # UNet and motion modules: 4 channels per group at the first width
     pose_guider_channels: tuple = (8, 16, 32)
-    # Heads per UNet attention (ReferenceNet and denoising UNet alike; same weights, only the split changes). 8 gives
-    # 4 and 8 channels per head. CPU attention cost grows with the heads at a fixed width (one softmax per head):
-    # fwd+bwd of a 256-token self-attention at batch 8 takes 19 ms with 8 heads, 3 with 2. With 2, the training
-    # phases took 650 s instead of 886 at 2 threads on the AVX-512 EPYC, but on validation 9/10 orderings on three
-    # arithmetics (docs/benchmarks.md, eleventh session); not the default until it has held-out runs.
-    unet_attention_heads: int = 8
-    # stage 1 (frames) and stage 2 (clips, motion modules only)
-    stage1_steps: int = 800
+    # Heads per UNet attention (ReferenceNet and denoising UNet alike; same weights, only the split changes): 2, i.e.
+    # 16 and 32 channels per head. CPU attention cost grows with the heads at a fixed width (one softmax per head):
+    # fwd+bwd of a 256-token self-attention at batch 8 takes 19 ms with 8 heads, 3 with 2. With 8 (the runs before
+    # the twelfth session) a held-out run took 1115 s on the 2-core AVX-512 EPYC, over the 15-minute budget.
+    unet_attention_heads: int = 2
+    # stage 1 (frames) and stage 2 (clips, motion modules only). 1000 steps, not 800: with 2 heads the stronger
+    # zero-shot swap had squeezed stage 1's PSNR lead (validation, 36 puppets: +0.07 dB [-0.17, 0.30] at 800); at 1000
+    # +0.65 [0.40, 0.90] and 10/10 orderings (AVX-512 EPYC, 2 threads; docs/benchmarks.md, twelfth session).
+    stage1_steps: int = 1000
     stage1_batch: int = 8
     # Stage 1 fine-tunes the stock model, so at a lower rate than the stock model trains from scratch: on the
     # validation puppets 2e-4 beat 5e-4 (stage 1 vs zero-shot +0.43 dB [0.12, 0.75] vs -0.15 [-0.57, 0.27]).
@@ -143,8 +144,8 @@ METHOD_ORDER = ("trained-stage2", "trained-stage1", "zero-shot", "stock", "pose-
 
 
 # Each phase's share of a full run's time (data, stage 0, stock, stage 1, stage 2, compare), for the ETA printed after
-# each phase: measured on a 2-core Intel AVX-512 box (docs/benchmarks.md, 799 s in all).
-PHASE_SHARES = (0.01, 0.16, 0.16, 0.30, 0.16, 0.21)
+# each phase: measured on the 2-core AVX-512 EPYC with 2 threads (docs/benchmarks.md, twelfth session).
+PHASE_SHARES = (0.01, 0.16, 0.15, 0.34, 0.16, 0.18)
 
 
 class PhaseClock:
