@@ -64,8 +64,8 @@ def register(subparsers) -> None:
         description="Generate synthetic puppet videos, train tiny models (stage 0 autoencoder, stage 1, stage 2) "
                     "and a stock model without ReferenceNet through the real training core, and compare "
                     "trained-stage2, trained-stage1, zero-shot (on the stock model), stock and pose-only on held-out "
-                    "puppets, with 95% intervals and the claimed orderings. No downloads, no GPU. About 11-14 "
-                    "minutes on 2 AVX-512 CPU cores (boxes of one kind differ), 2-3x that on 2 AVX2 ones "
+                    "puppets, with 95% intervals and the claimed orderings. No downloads, no GPU. About 9-15 "
+                    "minutes on 2 AVX-512 CPU cores (CPU generations differ), longer on AVX2-only ones "
                     "(docs/benchmarks.md); --quick takes under a minute and its numbers mean nothing. Settings are "
                     "chosen with --set score=validation (scores the validation puppets instead).")
     demo.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
